@@ -1,0 +1,216 @@
+"""Model and quantisation configs: dataclasses, parsed from Hugging Face config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RopeScaling:
+    """llama3-style frequency scaling (Scout). `None` on the model means plain RoPE."""
+
+    factor: float = 16.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 1.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
+class Llama4Config:
+    """The text part of a Llama 4 config, field names as in HF `Llama4TextConfig`."""
+
+    vocab_size: int = 202048
+    hidden_size: int = 5120
+    intermediate_size: int = 8192  # each expert and the shared expert
+    intermediate_size_mlp: int = 16384  # dense (non-MoE) layers
+    num_hidden_layers: int = 48
+    num_attention_heads: int = 40
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 10485760
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = None
+    num_local_experts: int = 16
+    num_experts_per_tok: int = 1
+    interleave_moe_layer_step: int = 1
+    moe_layers: list[int] | None = None
+    no_rope_layers: list[int] | None = None  # 1 = layer USES RoPE (HF's inverted naming)
+    no_rope_layer_interval: int = 4
+    use_qk_norm: bool = True
+    attention_chunk_size: int | None = 8192
+    attn_temperature_tuning: bool = True
+    floor_scale: int = 8192
+    attn_scale: float = 0.1
+    attention_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 200000
+    eos_token_id: int | list[int] | None = field(default_factory=lambda: [200001, 200007, 200008])
+    pad_token_id: int | None = 200018
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        self.attn_temperature_tuning = bool(self.attn_temperature_tuning)  # released configs store 4
+        n = self.num_hidden_layers
+        if not self.moe_layers and self.moe_layers != []:
+            step = self.interleave_moe_layer_step
+            self.moe_layers = list(range(step - 1, n, step)) if step > 0 else []
+        if not self.no_rope_layers:  # HF treats an empty list as "use the default"
+            self.no_rope_layers = [int((i + 1) % self.no_rope_layer_interval != 0) for i in range(n)]
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"Llama4Config.{name}: {why}")
+
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise bad("num_key_value_heads",
+                      f"{self.num_key_value_heads} does not divide num_attention_heads={self.num_attention_heads}")
+        if not 1 <= self.num_experts_per_tok <= self.num_local_experts:
+            raise bad("num_experts_per_tok",
+                      f"{self.num_experts_per_tok} not in [1, num_local_experts={self.num_local_experts}]")
+        if len(self.no_rope_layers) < self.num_hidden_layers:
+            raise bad("no_rope_layers", f"has {len(self.no_rope_layers)} entries for {self.num_hidden_layers} layers")
+        if any(not 0 <= i < self.num_hidden_layers for i in self.moe_layers):
+            raise bad("moe_layers", f"{self.moe_layers} has indices outside [0, {self.num_hidden_layers})")
+        if self.head_dim % 2:
+            raise bad("head_dim", f"{self.head_dim} must be even for RoPE")
+        if self.hidden_act != "silu":
+            raise bad("hidden_act", f"{self.hidden_act!r} unsupported (Llama 4 uses 'silu')")
+        if self.attention_chunk_size is not None and self.attention_chunk_size <= 0:
+            raise bad("attention_chunk_size", f"{self.attention_chunk_size} must be positive or null")
+
+    # -- derived -------------------------------------------------------------
+    def is_moe_layer(self, i: int) -> bool:
+        return i in self.moe_layers
+
+    def uses_rope(self, i: int) -> bool:
+        return bool(self.no_rope_layers[i])
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        e = self.eos_token_id
+        return [] if e is None else ([e] if isinstance(e, int) else list(e))
+
+    # -- (de)serialisation -----------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Llama4Config":
+        """Accepts a flat llama4_text config or a multimodal llama4 config (text under `text_config`)."""
+        if "text_config" in d:
+            outer = d
+            d = dict(d["text_config"])
+            for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+                if k not in d and k in outer:
+                    d[k] = outer[k]
+        d = dict(d)
+        params = d.pop("rope_parameters", None)  # transformers 5 layout
+        if params:
+            d.setdefault("rope_theta", params.get("rope_theta", cls.rope_theta))
+            if params.get("rope_type", "default") == "llama3" and not d.get("rope_scaling"):
+                d["rope_scaling"] = params
+        rs = d.get("rope_scaling")
+        if rs is not None:
+            kind = rs.get("rope_type", rs.get("type", "llama3"))
+            if kind == "default":
+                d["rope_scaling"] = None
+            elif kind != "llama3":
+                raise ValueError(f"config.json: rope_scaling type {kind!r} unsupported (only 'llama3')")
+            else:
+                d["rope_scaling"] = {f.name: rs[f.name] for f in dataclasses.fields(RopeScaling) if f.name in rs}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "Llama4Config":
+        path = os.fspath(path)
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        try:
+            with open(file) as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{file}: no config.json (expected a Llama 4 checkpoint folder)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: not valid JSON ({e})") from None
+        mt = raw.get("model_type")
+        if mt not in (None, "llama4", "llama4_text"):
+            raise ValueError(f"{file}: model_type {mt!r} is not a Llama 4 model")
+        return cls.from_dict(raw)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A flat `llama4_text` config.json that transformers and our loader both read."""
+        d = dataclasses.asdict(self)
+        rs = d.pop("rope_scaling")
+        d["rope_scaling"] = None if rs is None else {"rope_type": "llama3", **rs}
+        d["model_type"] = "llama4_text"
+        d["architectures"] = ["Llama4ForCausalLM"]
+        return d
+
+
+_RELEASED = dict(hidden_size=5120, num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8,
+                 head_dim=128, intermediate_size=8192, intermediate_size_mlp=16384, vocab_size=202048)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "scout": dict(_RELEASED, num_local_experts=16, interleave_moe_layer_step=1, use_qk_norm=True,
+                  rope_scaling=dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
+                                    original_max_position_embeddings=8192),
+                  max_position_embeddings=10485760),
+    "maverick": dict(_RELEASED, num_local_experts=128, interleave_moe_layer_step=2, use_qk_norm=False,
+                     rope_scaling=None, max_position_embeddings=1048576),
+    # Same structure, small shapes: 4 layers so that one is NoPE; chunk 32 so short prompts cross chunks.
+    "tiny-scout": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=32, intermediate_size=96, intermediate_size_mlp=192, vocab_size=512,
+                       num_local_experts=8, interleave_moe_layer_step=1, use_qk_norm=True,
+                       rope_scaling=dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
+                                         original_max_position_embeddings=64),
+                       attention_chunk_size=32, floor_scale=16, max_position_embeddings=4096,
+                       bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0),
+    "tiny-maverick": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=32, intermediate_size=96, intermediate_size_mlp=192, vocab_size=512,
+                          num_local_experts=16, interleave_moe_layer_step=2, use_qk_norm=False,
+                          rope_scaling=None, attention_chunk_size=32, floor_scale=16,
+                          max_position_embeddings=4096, bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0),
+}
+
+
+def preset(name: str, **overrides: Any) -> Llama4Config:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return Llama4Config(**{**PRESETS[name], **overrides})
+
+
+FP8_FORMATS = ("e4m3fn", "e4m3fnuz")
+
+
+@dataclass
+class QuantConfig:
+    """How weights, activations and the KV cache are quantised. One object, passed down; never flags.
+
+    method: None (no weight quantisation) or "fp8".
+    fp8_format: "e4m3fn" | "e4m3fnuz" | None (None = the platform's format, see platform.fp8_format()).
+    weight_block: None = per-output-channel scales; (128, 128) = block scales.
+    activation: "per_token" dynamic scales (the only scheme for now).
+    kv_cache_dtype: "auto" (model dtype) or "fp8".
+    ignore: module-name patterns kept in high precision (from a checkpoint's quantization_config).
+    """
+
+    method: str | None = None
+    fp8_format: str | None = None
+    weight_block: tuple[int, int] | None = None
+    activation: str = "per_token"
+    kv_cache_dtype: str = "auto"
+    ignore: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.method not in (None, "fp8"):
+            raise ValueError(f"QuantConfig.method: {self.method!r} unsupported (None or 'fp8')")
+        if self.fp8_format not in (None, *FP8_FORMATS):
+            raise ValueError(f"QuantConfig.fp8_format: {self.fp8_format!r} not in {FP8_FORMATS}")
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise ValueError(f"QuantConfig.kv_cache_dtype: {self.kv_cache_dtype!r} not in ('auto', 'fp8')")
+        if self.weight_block is not None:
+            self.weight_block = tuple(self.weight_block)  # type: ignore[assignment]

@@ -1,0 +1,80 @@
+"""Per-request sampling parameters (vLLM's names and meanings)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class SamplingParams:
+    """temperature 0 = greedy. top_k 0 or -1 = off; top_p 1 = off; min_p 0 = off.
+    Penalties as in vLLM/OpenAI: repetition (multiplicative, >1 discourages, over prompt+output),
+    presence and frequency (additive, over output tokens). `logprobs`: None, or N top logprobs
+    returned per generated token (plus the sampled token's)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.top_k == -1:
+            self.top_k = 0
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"SamplingParams.{name}: {why}")
+
+        if self.n != 1:
+            raise bad("n", f"{self.n}: only n=1 is supported")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise bad("temperature", f"{self.temperature} not in [0, 100]")
+        if self.top_k < 0:
+            raise bad("top_k", f"{self.top_k} must be >= 0 (or -1 for off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", f"{self.top_p} not in (0, 1]")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise bad("min_p", f"{self.min_p} not in [0, 1]")
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise bad("repetition_penalty", f"{self.repetition_penalty} not in (0, 10]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise bad(name, f"{getattr(self, name)} not in [-2, 2]")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise bad("max_tokens", f"{self.max_tokens} must be >= 1")
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+            raise bad("min_tokens", f"{self.min_tokens} must be in [0, max_tokens]")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise bad("stop", f"{len(self.stop)} stop strings; at most {MAX_STOP_STRINGS}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise bad("stop", "stop strings must be non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise bad("stop_token_ids", "must be non-negative integers")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise bad("logprobs", f"{self.logprobs} not in [0, {MAX_TOP_LOGPROBS}]")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise bad("seed", f"{self.seed!r} must be an integer")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

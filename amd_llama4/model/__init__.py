@@ -1,0 +1,5 @@
+from amd_llama4.model.llama4 import Llama4ForCausalLM
+from amd_llama4.model.loader import build_model, load_checkpoint, load_model
+from amd_llama4.model.safetensors_io import CheckpointError
+
+__all__ = ["Llama4ForCausalLM", "build_model", "load_checkpoint", "load_model", "CheckpointError"]

@@ -1,0 +1,189 @@
+"""Llama 4 text model (Scout / Maverick), pure torch; every kernel goes through `amd_llama4.ops`.
+
+Parameter names match Hugging Face checkpoints (`model.layers.N.self_attn.q_proj.weight`, ...),
+so a state dict loads as is. Shapes: B batch, S new tokens, L keys, H hidden, D head_dim.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from amd_llama4 import ops
+from amd_llama4.config import Llama4Config
+
+
+class KVCache(Protocol):
+    """What attention needs from a cache (the engine's paged cache implements it)."""
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store k, v [B, S, Hkv, D] at `positions` [B, S] (-1 = padding, not stored); return every key
+        the layer may attend to: (k [B, L, Hkv, D], v [B, L, Hkv, D], k_pos [B, L], -1 = empty)."""
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)). The dense FFN and the MoE shared expert."""
+
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Experts(nn.Module):
+    """Routed experts, HF fused layout: input-major, [gate | up] along the last dim."""
+
+    def __init__(self, num_experts: int, hidden: int, inter: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden, 2 * inter))  # [E, H, 2I]
+        self.down_proj = nn.Parameter(torch.empty(num_experts, inter, hidden))  # [E, I, H]
+
+
+class MoE(nn.Module):
+    """Sigmoid top-k router + sparse routed experts (weight on the input) + shared expert."""
+
+    def __init__(self, cfg: Llama4Config):
+        super().__init__()
+        self.top_k = cfg.num_experts_per_tok
+        self.router = nn.Linear(cfg.hidden_size, cfg.num_local_experts, bias=False)
+        self.experts = Experts(cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size)
+        self.shared_expert = MLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [T, H]
+        weights, ids = ops.moe_topk_sigmoid(self.router(x), self.top_k)  # [T, k] fp32, int32
+        routed = ops.fused_moe(x, self.experts.gate_up_proj, self.experts.down_proj, weights, ids)
+        return (self.shared_expert(x) + routed).view(shape)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Llama4Config, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.use_rope = cfg.uses_rope(layer)
+        # RoPE layers are chunked-local; NoPE layers see the whole causal context.
+        self.chunk_size = cfg.attention_chunk_size if self.use_rope else None
+        self.qk_norm_eps = cfg.rms_norm_eps if (cfg.use_qk_norm and self.use_rope) else None
+        self.temperature = (cfg.floor_scale, cfg.attn_scale) if (cfg.attn_temperature_tuning
+                                                                  and not self.use_rope) else None
+        self.scale = self.head_dim ** -0.5
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
+                cache: KVCache | None) -> torch.Tensor:
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim)
+        if self.use_rope:
+            q = ops.apply_rope(q, positions, inv_freq)
+            k = ops.apply_rope(k, positions, inv_freq)
+            if self.qk_norm_eps is not None:  # weightless, per head, after RoPE
+                q = ops.rms_norm(q, None, self.qk_norm_eps)
+                k = ops.rms_norm(k, None, self.qk_norm_eps)
+        if self.temperature is not None:  # NoPE: scale queries by absolute position
+            s = ops.temperature_scale(positions, *self.temperature)
+            q = (q * s[:, :, None, None]).to(q.dtype)
+        if cache is None:
+            k_all, v_all, k_pos = k, v, positions
+        else:
+            k_all, v_all, k_pos = cache.update(self.layer, k, v, positions)
+        out = ops.attention(q, k_all, v_all, positions, k_pos, self.scale, self.chunk_size)
+        return self.o_proj(out.reshape(B, S, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Llama4Config, layer: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer)
+        self.feed_forward = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.hidden_size, cfg.intermediate_size_mlp)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, positions, inv_freq, cache):
+        x = x + self.self_attn(self.input_layernorm(x), positions, inv_freq, cache)
+        return x + self.feed_forward(self.post_attention_layernorm(x))
+
+
+class Llama4TextModel(nn.Module):
+    def __init__(self, cfg: Llama4Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # fp32 on purpose and not a buffer, so model.to(bf16) cannot round the frequencies.
+        self.inv_freq = ops.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self._inv_freq_by_device: dict[torch.device, torch.Tensor] = {}
+
+    def forward(self, input_ids, positions, cache):
+        x = self.embed_tokens(input_ids)  # [B, S, H], no scaling
+        dev = x.device
+        if dev not in self._inv_freq_by_device:
+            self._inv_freq_by_device[dev] = self.inv_freq.to(dev)
+        for layer in self.layers:
+            x = layer(x, positions, self._inv_freq_by_device[dev], cache)
+        return self.norm(x)
+
+
+class Llama4ForCausalLM(nn.Module):
+    def __init__(self, cfg: Llama4Config):
+        super().__init__()
+        self.config = cfg
+        self.model = Llama4TextModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """input_ids: [B, S] -> final-norm hidden states [B, S, H]. positions default to 0..S-1."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        elif positions.shape != input_ids.shape:
+            raise ValueError(f"positions {tuple(positions.shape)} must match input_ids {tuple(input_ids.shape)}")
+        return self.model(input_ids, positions, cache)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """input_ids: [B, S] -> fp32 logits [B, S, V]. Without cache: a full causal forward."""
+        return self.compute_logits(self.hidden_states(input_ids, positions, cache))
+
+    def init_random(self, seed: int = 0, std: float = 0.02) -> "Llama4ForCausalLM":
+        """Deterministic random weights (presets, tests): normal(0, std), norms at 1."""
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        return self

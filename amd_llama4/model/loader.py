@@ -1,0 +1,145 @@
+"""Build a model from a preset or a Hugging Face checkpoint folder.
+
+Accepted checkpoint layouts: one file or shards; names with or without `language_model.`;
+fused experts (`experts.gate_up_proj` [E, H, 2I], `experts.down_proj` [E, I, H]) or one tensor per
+expert (`experts.{i}.{gate,up,down}_proj.weight`, nn.Linear [out, in] layout). Every model
+parameter must come from the checkpoint with the right shape, and every text tensor in the
+checkpoint must be used: anything else is an error naming the tensor and the file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import torch
+
+from amd_llama4.config import PRESETS, Llama4Config, preset
+from amd_llama4.model.llama4 import Llama4ForCausalLM
+from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError
+
+_PREFIXES = ("", "language_model.")
+# Tensors of other modalities in multimodal checkpoints: present, legitimately unused here.
+_OTHER_MODALITIES = ("vision_model.", "multi_modal_projector.")
+_FUSED = re.compile(r"(.*\.feed_forward\.experts)\.(gate_up_proj|down_proj)$")
+
+
+def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+                ) -> Llama4ForCausalLM:
+    """An uninitialised model on `device` (built on the meta device: no wasted init)."""
+    with torch.device("meta"):
+        model = Llama4ForCausalLM(cfg)
+    return model.to(dtype).to_empty(device=device).eval()
+
+
+class _Resolver:
+    """Finds the checkpoint tensor(s) for one model parameter name."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self.used: set[str] = set()
+
+    def _find(self, name: str) -> str | None:
+        for p in _PREFIXES:
+            if p + name in self.ckpt:
+                return p + name
+        return None
+
+    def where(self, name: str) -> str:
+        """Which file a parameter comes from (for grouping the loading by shard)."""
+        src = self._find(name) or self._find(self._per_expert_names(name)[0][0] if _FUSED.match(name) else name)
+        return self.ckpt.tensors[src].file if src else ""
+
+    def _per_expert_names(self, name: str) -> list[list[str]]:
+        base, kind = _FUSED.match(name).groups()
+        parts = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
+        out, i = [], 0
+        while self._find(f"{base}.{i}.{parts[0]}.weight"):
+            out.append([f"{base}.{i}.{p}.weight" for p in parts])
+            i += 1
+        return out or [[f"{base}.0.{p}.weight" for p in parts]]
+
+    def _read(self, name: str) -> torch.Tensor:
+        src = self._find(name)
+        self.used.add(src)
+        return self.ckpt.get(src)
+
+    def load(self, name: str, expect: torch.Size) -> torch.Tensor:
+        if self._find(name) is not None:
+            t, src = self._read(name), self._find(name)
+        elif _FUSED.match(name) and self._find(self._per_expert_names(name)[0][0]) is not None:
+            groups = self._per_expert_names(name)
+            # per-expert [out, in] -> fused input-major: gate_up [E, H, 2I], down [E, I, H]
+            t = torch.stack([torch.cat([self._read(n).t() for n in g], dim=1) for g in groups])
+            src = f"{groups[0][0]} .. {groups[-1][-1]}"
+        else:
+            raise CheckpointError(f"{self.ckpt.folder}: missing tensor {name!r} (also looked for "
+                                  f"'language_model.{name}' and per-expert names)")
+        if t.shape != expect:
+            file = self.ckpt.tensors[self._find(name) or self._find(src.split(' ')[0])].file
+            raise CheckpointError(f"{file}: tensor {src!r} has shape {list(t.shape)}, expected {list(expect)}")
+        return t
+
+    def unexpected(self) -> list[str]:
+        return sorted(n for n in self.ckpt.tensors
+                      if n not in self.used and not any(n.startswith(p) for p in _OTHER_MODALITIES))
+
+
+def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True) -> Llama4ForCausalLM:
+    ckpt = Checkpoint(folder, progress=False)
+    res = _Resolver(ckpt)
+    params = dict(model.named_parameters())
+    tied = model.config.tie_word_embeddings
+    names = [n for n in params if not (tied and n == "lm_head.weight")]
+    by_file: dict[str, list[str]] = {}
+    for n in names:
+        by_file.setdefault(res.where(n), []).append(n)
+    files = sorted(by_file)
+    bar = _bar(len(files), progress and len(files) > 1)
+    with torch.no_grad():
+        for f in files:
+            for n in by_file[f]:
+                p = params[n]
+                p.copy_(res.load(n, p.shape).to(p.dtype))
+            bar.update(1)
+    bar.close()
+    extra = res.unexpected()
+    if extra:
+        info = ckpt.tensors[extra[0]]
+        raise CheckpointError(f"{info.file}: unexpected tensor {extra[0]!r} (not part of this model"
+                              f"{'' if len(extra) == 1 else f'; {len(extra)} such tensors'})")
+    ckpt.close()
+    return model
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="loading shards", unit="shard", file=sys.stderr)
+
+
+def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> Llama4ForCausalLM:
+    """A preset name ('tiny-scout', ...) builds random weights from `seed`; a folder loads its
+    config.json and safetensors weights."""
+    p = os.fspath(path_or_preset)
+    if p in PRESETS and not os.path.isdir(p):
+        cfg = preset(p)
+        model = build_model(cfg, torch.float32, "cpu").init_random(seed)
+        return model.to(device=device, dtype=dtype).eval()
+    if not os.path.isdir(p):
+        raise FileNotFoundError(f"{p!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
+    cfg = Llama4Config.from_pretrained(p)
+    return load_checkpoint(build_model(cfg, dtype, device), p, progress)

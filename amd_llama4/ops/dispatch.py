@@ -1,0 +1,113 @@
+"""The one place that chooses a backend (native | triton | torch) for each op.
+
+Backends register implementations with `register(op, backend)`; the model and engine call the
+op functions in `amd_llama4.ops`, which call `resolve()`. Order of preference:
+  - per call: `backend="torch" | "native" | "triton"` (an error if that backend lacks the op);
+  - env `AMD_LLAMA4_BACKEND`: preferred for every op that backend has, torch otherwise;
+  - default: GPU tensors -> triton, native, torch; CPU tensors -> native, torch
+    (Triton on CPU only runs in tests, through the interpreter, when asked for by name).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+BACKENDS = ("native", "triton", "torch")
+_ENV = "AMD_LLAMA4_BACKEND"
+
+
+@dataclass(frozen=True)
+class Impl:
+    fn: Callable[..., Any]
+    # Optional guard: (*args, **kwargs) -> bool; False means "not for these inputs, try the next backend".
+    supports: Callable[..., bool] | None = None
+
+
+_REGISTRY: dict[str, dict[str, Impl]] = {}
+_loaded: set[str] = set()
+
+
+def register(op: str, backend: str, supports: Callable[..., bool] | None = None):
+    if backend not in BACKENDS:
+        raise ValueError(f"register({op!r}): unknown backend {backend!r}; known: {BACKENDS}")
+
+    def deco(fn):
+        _REGISTRY.setdefault(op, {})[backend] = Impl(fn, supports)
+        return fn
+
+    return deco
+
+
+def _load(backend: str) -> None:
+    """Import a backend's module once; it registers what it can run on this machine."""
+    if backend in _loaded or backend == "torch":
+        return
+    _loaded.add(backend)
+    module = {"native": "amd_llama4.ops.native", "triton": "amd_llama4.ops.triton"}[backend]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass  # backend not installed: its ops stay unregistered and the next backend is used
+
+
+def _device_type(args: tuple, kwargs: dict) -> str:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device.type
+    return "cpu"
+
+
+def preference(device_type: str) -> list[str]:
+    env = os.environ.get(_ENV, "").strip().lower()
+    if env:
+        if env not in BACKENDS:
+            raise ValueError(f"{_ENV}={env!r}: expected one of {BACKENDS}")
+        return [env, "torch"] if env != "torch" else ["torch"]
+    return ["triton", "native", "torch"] if device_type != "cpu" else ["native", "torch"]
+
+
+def resolve(op: str, args: tuple, kwargs: dict, backend: str | None = None) -> Callable[..., Any]:
+    if op not in _REGISTRY:
+        raise KeyError(f"unknown op {op!r}")
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"{op}: backend={backend!r}, expected one of {BACKENDS}")
+        _load(backend)
+        impl = _REGISTRY[op].get(backend)
+        if impl is None:
+            raise RuntimeError(f"{op}: backend {backend!r} is not available here (not built or not installed)")
+        return impl.fn
+    for b in preference(_device_type(args, kwargs)):
+        _load(b)
+        impl = _REGISTRY[op].get(b)
+        if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
+            return impl.fn
+    raise RuntimeError(f"{op}: no backend supports these inputs")
+
+
+def available(op: str) -> list[str]:
+    for b in BACKENDS:
+        _load(b)
+    return [b for b in BACKENDS if b in _REGISTRY.get(op, {})]
+
+
+def dispatched(op: str):
+    """Decorator for a torch reference: registers it as the 'torch' backend and returns the
+    public op, which takes an extra keyword `backend=` and routes through `resolve`."""
+
+    def deco(ref):
+        register(op, "torch")(ref)
+
+        def public(*args, backend: str | None = None, **kwargs):
+            return resolve(op, args, kwargs, backend)(*args, **kwargs)
+
+        public.__name__ = op
+        public.__doc__ = ref.__doc__
+        public.reference = ref
+        return public
+
+    return deco

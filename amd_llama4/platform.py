@@ -1,0 +1,125 @@
+"""Platform facts in one place: rocm | cuda | cpu, GPU arch, FP8 format, device peaks."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import platform as _py_platform
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Vendor figures (dense, no sparsity) used for roofline percentages and capacity planning."""
+
+    name: str
+    arch: str
+    memory_gb: float
+    hbm_tb_s: float
+    bf16_tflops: float
+    fp8_tflops: float
+    fp8_format: str
+    lds_kib: int
+    num_cus: int
+
+
+DEVICE_SPECS: dict[str, DeviceSpec] = {
+    "mi300x": DeviceSpec("AMD_Instinct_MI300X", "gfx942", 192, 5.3, 1307, 2615, "e4m3fnuz", 64, 304),
+    "mi325x": DeviceSpec("AMD_Instinct_MI325X", "gfx942", 256, 6.0, 1307, 2615, "e4m3fnuz", 64, 304),
+    "mi355x": DeviceSpec("AMD_Instinct_MI355X", "gfx950", 288, 8.0, 2500, 5000, "e4m3fn", 160, 256),
+    "h100": DeviceSpec("NVIDIA_H100", "sm_90", 80, 3.35, 989, 1979, "e4m3fn", 228, 132),
+    "h200": DeviceSpec("NVIDIA_H200", "sm_90", 141, 4.8, 989, 1979, "e4m3fn", 228, 132),
+}
+
+
+def fp8_format_for_arch(arch: str | None) -> str:
+    """gfx942 (MI300/MI325) computes in e4m3fnuz; gfx950, NVIDIA and CPU emulation use OCP e4m3fn."""
+    return "e4m3fnuz" if arch is not None and arch.startswith("gfx94") else "e4m3fn"
+
+
+def torch_fp8_dtype(fmt: str) -> torch.dtype:
+    try:
+        return {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}[fmt]
+    except KeyError:
+        raise ValueError(f"unknown FP8 format {fmt!r}; expected 'e4m3fn' or 'e4m3fnuz'") from None
+
+
+def kind() -> str:
+    """'rocm' when torch is a ROCm build with a visible GPU, 'cuda' likewise, else 'cpu'."""
+    if torch.cuda.is_available():
+        return "rocm" if torch.version.hip else "cuda"
+    return "cpu"
+
+
+def gpu_arch(index: int = 0) -> str | None:
+    """e.g. 'gfx942' on MI300X, 'sm_90' on H100/H200, None on CPU."""
+    k = kind()
+    if k == "rocm":
+        return torch.cuda.get_device_properties(index).gcnArchName.split(":")[0]
+    if k == "cuda":
+        major, minor = torch.cuda.get_device_capability(index)
+        return f"sm_{major}{minor}"
+    return None
+
+
+def gpu_name(index: int = 0) -> str | None:
+    return torch.cuda.get_device_name(index) if kind() != "cpu" else None
+
+
+def device_key(name: str | None = None) -> str:
+    """File-name form of the device name used for tuned configs: 'AMD_Instinct_MI300X', 'NVIDIA_H200', 'cpu'."""
+    name = name if name is not None else gpu_name()
+    if not name:
+        return "cpu"
+    low = name.lower()
+    for key, spec in DEVICE_SPECS.items():
+        if key in low.replace(" ", "").replace("-", ""):
+            return spec.name
+    return name.replace(" ", "_").replace("-", "_")
+
+
+def fp8_format() -> str:
+    return fp8_format_for_arch(gpu_arch())
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def has_native() -> bool:
+    from amd_llama4.ops import native
+
+    return native.available()
+
+
+def info() -> dict:
+    k = kind()
+    n = torch.cuda.device_count() if k != "cpu" else 0
+    arch = gpu_arch()
+    out = {
+        "torch": torch.__version__,
+        "platform": k,
+        "hip": torch.version.hip,
+        "cuda": torch.version.cuda,
+        "gpu_name": gpu_name(),
+        "gpu_arch": arch,
+        "gpu_count": n,
+        "fp8_format": fp8_format_for_arch(arch),
+        "native_extension": has_native(),
+        "triton": has_triton(),
+        "python": _py_platform.python_version(),
+        "machine": _py_platform.machine(),
+    }
+    try:
+        from amd_llama4.ops import native
+
+        out["native_build"] = native.build_info() if native.available() else None
+    except Exception as e:  # noqa: BLE001 - info must always print
+        out["native_build"] = f"error: {e}"
+    return out
+
+
+def spec_dict(key: str) -> dict:
+    return asdict(DEVICE_SPECS[key])
