@@ -168,12 +168,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                        rope_scaling=dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
                                          original_max_position_embeddings=64),
                        attention_chunk_size=32, floor_scale=16, max_position_embeddings=4096,
-                       bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0),
+                       bos_token_id=1, eos_token_id=[2, 3, 4], pad_token_id=0),
     "tiny-maverick": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                           head_dim=32, intermediate_size=96, intermediate_size_mlp=192, vocab_size=512,
                           num_local_experts=16, interleave_moe_layer_step=2, use_qk_norm=False,
                           rope_scaling=None, attention_chunk_size=32, floor_scale=16,
-                          max_position_embeddings=4096, bos_token_id=1, eos_token_id=[2, 3], pad_token_id=0),
+                          max_position_embeddings=4096, bos_token_id=1, eos_token_id=[2, 3, 4], pad_token_id=0),
 }
 
 

@@ -1,0 +1,170 @@
+"""Paged KV cache with chunk-bounded memory for Llama 4's chunked-local layers.
+
+Two kinds of layers, two block pools:
+  global  (NoPE, full causal): a sequence keeps every block, its table grows with the context;
+  chunked (RoPE, chunk-local): a sequence keeps only the blocks of its current attention chunk.
+Slots of a chunked table are relative to the chunk start, so a chunk needs ceil(chunk / block)
+blocks; the scheduler never lets one step span two chunks, so old-chunk blocks are released
+before the first token of a new chunk is computed (its queries cannot see the old chunk).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from amd_llama4.config import Llama4Config
+
+KINDS = ("global", "chunked")
+
+
+class BlockAllocator:
+    """A free list of block ids; LIFO reuse keeps recently freed blocks warm."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise MemoryError(f"KV cache: need {n} blocks, {len(self._free)} free")
+        out = self._free[len(self._free) - n:][::-1]
+        del self._free[len(self._free) - n:]
+        return out
+
+    def free(self, blocks: list[int]) -> None:
+        self._free.extend(reversed(blocks))
+
+
+@dataclass
+class SeqBlocks:
+    """One sequence's block tables. chunk_start: absolute position of slot 0 of the chunked table."""
+
+    tables: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    chunk_start: int = 0
+
+
+class KVCache:
+    """Cache tensors per layer kind, [layers_of_kind, num_blocks * block_size, Hkv, D], plus allocators.
+
+    kv_cache_dtype "fp8" stores float8 with one fp32 scale per layer and K/V, computed from the first
+    write with headroom and applied with saturation afterwards (never NaN/inf)."""
+
+    FP8_HEADROOM = 4.0
+
+    def __init__(self, cfg: Llama4Config, num_blocks: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str, kv_cache_dtype: str = "auto", fp8_format: str = "e4m3fn"):
+        self.cfg, self.block_size, self.dtype = cfg, block_size, dtype
+        self.chunk = cfg.attention_chunk_size
+        layer_kind = ["chunked" if (cfg.uses_rope(i) and self.chunk) else "global"
+                      for i in range(cfg.num_hidden_layers)]
+        self.kind_of_layer = layer_kind
+        self.index_in_kind = [layer_kind[:i].count(layer_kind[i]) for i in range(len(layer_kind))]
+        counts = {k: layer_kind.count(k) for k in KINDS}
+        self.kinds = [k for k in KINDS if counts[k]]
+        self.fp8 = kv_cache_dtype == "fp8"
+        if kv_cache_dtype not in ("auto", "fp8"):
+            raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} not in ('auto', 'fp8')")
+        from amd_llama4.ops.fp8 import FP8_MAX
+        from amd_llama4.platform import torch_fp8_dtype
+
+        self.store_dtype = torch_fp8_dtype(fp8_format) if self.fp8 else dtype
+        self.fp8_max = FP8_MAX[fp8_format] if self.fp8 else None
+        shape = lambda k: (counts[k], num_blocks * block_size, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
+        self.k = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
+        self.v = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
+        # fp8: per-layer scales for K and V, 0 = not yet calibrated
+        self.scales = torch.zeros(cfg.num_hidden_layers, 2, dtype=torch.float32)
+        self.allocators = {k: BlockAllocator(num_blocks) for k in self.kinds}
+
+    # -- block bookkeeping (scheduler side) ---------------------------------------------------
+    def blocks_needed(self, seq: SeqBlocks, start: int, end: int) -> dict[str, int]:
+        """Blocks to add so positions [start, end) have slots; chunked counts assume the release
+        of old-chunk blocks that `reserve` does first."""
+        need = {}
+        for kind in self.kinds:
+            if kind == "chunked":
+                cs = start // self.chunk * self.chunk
+                have = len(seq.tables[kind]) if cs == seq.chunk_start else 0
+                need[kind] = max(0, -(-(end - cs) // self.block_size) - have)
+            else:
+                need[kind] = max(0, -(-end // self.block_size) - len(seq.tables[kind]))
+        return need
+
+    def can_reserve(self, seq: SeqBlocks, start: int, end: int) -> bool:
+        need = self.blocks_needed(seq, start, end)
+        freed = len(seq.tables.get("chunked", [])) if ("chunked" in self.kinds and
+                                                      start // self.chunk * self.chunk != seq.chunk_start) else 0
+        return all(need[k] <= self.allocators[k].num_free + (freed if k == "chunked" else 0) for k in self.kinds)
+
+    def reserve(self, seq: SeqBlocks, start: int, end: int) -> None:
+        """Make positions [start, end) (all in one attention chunk) writable."""
+        if "chunked" in self.kinds:
+            cs = start // self.chunk * self.chunk
+            if (end - 1) // self.chunk * self.chunk != cs:
+                raise ValueError(f"KV reserve: positions [{start}, {end}) span two attention chunks")
+            if cs != seq.chunk_start:  # crossed into a new chunk: the old one is never read again
+                self.allocators["chunked"].free(seq.tables["chunked"])
+                seq.tables["chunked"], seq.chunk_start = [], cs
+        need = self.blocks_needed(seq, start, end)
+        for kind in self.kinds:
+            seq.tables[kind] += self.allocators[kind].allocate(need[kind])
+
+    def release(self, seq: SeqBlocks) -> None:
+        for kind in self.kinds:
+            self.allocators[kind].free(seq.tables[kind])
+            seq.tables[kind] = []
+        seq.chunk_start = 0
+
+    def usage(self) -> dict:
+        total = sum(a.num_blocks for a in self.allocators.values())
+        used = sum(a.num_blocks - a.num_free for a in self.allocators.values())
+        return {"kv_blocks_used": used, "kv_blocks_total": total, "kv_usage": used / max(total, 1)}
+
+    def bytes_per_block(self) -> int:
+        per_layer = 2 * self.block_size * self.cfg.num_key_value_heads * self.cfg.head_dim
+        return per_layer * self.cfg.num_hidden_layers * torch.empty(0, dtype=self.store_dtype).element_size()
+
+    # -- slot maps (runner side) ----------------------------------------------------------------
+    def slots(self, seq: SeqBlocks, kind: str, positions: range) -> list[int]:
+        base = seq.chunk_start if kind == "chunked" else 0
+        table, bs = seq.tables[kind], self.block_size
+        return [table[(p - base) // bs] * bs + (p - base) % bs for p in positions]
+
+    def visible_range(self, seq: SeqBlocks, kind: str, end: int) -> range:
+        """Positions a query at end-1 (and earlier queries of this step) may read from this kind's cache."""
+        return range(seq.chunk_start if kind == "chunked" else 0, end)
+
+    # -- tensor side (called from the model's attention through StepCache) -------------------------
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
+        if self.fp8:
+            k, v = self._quantize(layer, 0, k), self._quantize(layer, 1, v)
+        for cache, x in ((self.k[kind][li], k), (self.v[kind][li], v)):
+            x = x.to(self.store_dtype)
+            if self.fp8:  # index_copy_ has no float8 kernels: move the bytes
+                cache, x = cache.view(torch.uint8), x.view(torch.uint8)
+            cache.index_copy_(0, slots, x)
+
+    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
+        if self.fp8:  # gather bytes, then reinterpret (no float8 indexing kernels on CPU)
+            k = self.k[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
+            v = self.v[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
+        else:
+            k, v = self.k[kind][li][slots], self.v[kind][li][slots]
+        if self.fp8:
+            s = self.scales[layer]
+            return (k.float() * s[0]).to(self.dtype), (v.float() * s[1]).to(self.dtype)
+        return k, v
+
+    def _quantize(self, layer: int, which: int, x: torch.Tensor) -> torch.Tensor:
+        if self.scales[layer, which] == 0:
+            amax = float(x.abs().max()) if x.numel() else 0.0
+            self.scales[layer, which] = max(amax * self.FP8_HEADROOM, 1e-6) / self.fp8_max
+        s = float(self.scales[layer, which])
+        return (x.float() / s).clamp(-self.fp8_max, self.fp8_max)

@@ -1,0 +1,59 @@
+"""`LLM`: offline batched generation with vLLM's API shape."""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence as Seq
+
+from amd_llama4.engine.llm_engine import EngineArgs, LLMEngine
+from amd_llama4.engine.outputs import RequestOutput
+from amd_llama4.engine.sampling_params import SamplingParams
+
+
+class LLM:
+    """LLM(model="tiny-scout" | checkpoint folder, dtype=..., device=..., kv_cache_dtype="auto",
+    max_model_len=..., max_num_seqs=...). Prompts are strings or lists of token ids."""
+
+    def __init__(self, model: str, **kwargs):
+        self.engine = LLMEngine(EngineArgs(model=str(model), **kwargs))
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: str | list[int] | Seq[str | list[int]],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params or SamplingParams()] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"{len(sampling_params)} sampling_params for {len(prompts)} prompts")
+        order = []
+        try:
+            for p, sp in zip(prompts, sampling_params):
+                rid = f"llm-{next(self._ids)}"
+                self.engine.add_request(rid, p, sp)
+                order.append(rid)
+            final: dict[str, RequestOutput] = {}
+            while self.engine.has_unfinished():
+                for out in self.engine.step():
+                    if out.finished:
+                        final[out.request_id] = out
+        finally:  # an exception (or Ctrl-C) must not leave requests holding KV blocks
+            for rid in order:
+                if rid not in final:
+                    self.engine.abort(rid)
+        errors = [final[r].error for r in order if final[r].error]
+        if errors:
+            raise RuntimeError(f"generation failed: {errors[0]}")
+        return [final[r] for r in order]
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | None = None) -> list[RequestOutput]:
+        if self.tokenizer is None:
+            raise ValueError("chat needs a tokenizer (tokenizer.json + chat template in the model folder)")
+        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in convs]
+        return self.generate(prompts, sampling_params)

@@ -1,0 +1,78 @@
+"""ModelRunner: turns one scheduled step into padded tensors, runs the model over the paged cache,
+returns the logits of each sequence's last new token."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+
+
+@dataclass
+class StepItem:
+    """Compute `tokens` of one sequence at positions start .. start+len-1."""
+
+    blocks: SeqBlocks
+    tokens: list[int]
+    start: int
+
+
+class StepCache:
+    """The model's view of the paged cache for one step (implements model.llama4.KVCache)."""
+
+    def __init__(self, cache: KVCache, write_idx: torch.Tensor, write_slots: dict, read_slots: dict,
+                 read_pos: dict):
+        self.cache = cache
+        self.write_idx = write_idx  # [N] indices of real (non-padding) tokens in the flat [B*S] batch
+        self.write_slots, self.read_slots, self.read_pos = write_slots, read_slots, read_pos
+
+    def update(self, layer, k, v, positions):
+        # k, v: [B, S, Hkv, D] -> every visible key of this layer kind: [B, L, Hkv, D], k_pos [B, L]
+        kind = self.cache.kind_of_layer[layer]
+        B, S = k.shape[:2]
+        flat_k = k.reshape(B * S, *k.shape[2:]).index_select(0, self.write_idx)
+        flat_v = v.reshape(B * S, *v.shape[2:]).index_select(0, self.write_idx)
+        self.cache.write(layer, flat_k, flat_v, self.write_slots[kind])
+        k_all, v_all = self.cache.read(layer, self.read_slots[kind])
+        return k_all, v_all, self.read_pos[kind]
+
+
+class ModelRunner:
+    def __init__(self, model, cache: KVCache, device: torch.device | str):
+        self.model, self.cache, self.device = model, cache, torch.device(device)
+
+    def _tensors(self, items: list[StepItem]):
+        B, S = len(items), max(len(it.tokens) for it in items)
+        ids = torch.zeros(B, S, dtype=torch.long)
+        pos = torch.full((B, S), -1, dtype=torch.long)
+        write_idx = []
+        for b, it in enumerate(items):
+            n = len(it.tokens)
+            ids[b, :n] = torch.tensor(it.tokens)
+            pos[b, :n] = torch.arange(it.start, it.start + n)
+            write_idx.extend(range(b * S, b * S + n))
+        write_slots, read_slots, read_pos = {}, {}, {}
+        for kind in self.cache.kinds:
+            ws, ranges = [], []
+            for it in items:
+                ws += self.cache.slots(it.blocks, kind, range(it.start, it.start + len(it.tokens)))
+                ranges.append(self.cache.visible_range(it.blocks, kind, it.start + len(it.tokens)))
+            L = max(len(r) for r in ranges)
+            rs = torch.zeros(B, L, dtype=torch.long)
+            rp = torch.full((B, L), -1, dtype=torch.long)
+            for b, (it, r) in enumerate(zip(items, ranges)):
+                rs[b, :len(r)] = torch.tensor(self.cache.slots(it.blocks, kind, r), dtype=torch.long)
+                rp[b, :len(r)] = torch.tensor(list(r))
+            write_slots[kind] = torch.tensor(ws, dtype=torch.long, device=self.device)
+            read_slots[kind], read_pos[kind] = rs.to(self.device), rp.to(self.device)
+        step = StepCache(self.cache, torch.tensor(write_idx, device=self.device), write_slots, read_slots, read_pos)
+        return ids.to(self.device), pos.to(self.device), step
+
+    @torch.no_grad()
+    def execute(self, items: list[StepItem]) -> torch.Tensor:
+        """-> fp32 logits [B, V] for the last new token of each item."""
+        ids, pos, step = self._tensors(items)
+        hidden = self.model.hidden_states(ids, pos, step)  # [B, S, H]
+        last = torch.tensor([len(it.tokens) - 1 for it in items], device=self.device)
+        return self.model.compute_logits(hidden[torch.arange(len(items), device=self.device), last])
