@@ -1,8 +1,16 @@
 """Wrappers over the compiled extension `amd_llama4._C`; registers native ops with the dispatch.
-Absent or disabled extension (AMD_LLAMA4_NO_NATIVE=1): nothing registers, torch paths run."""
+Absent or disabled extension (AMD_LLAMA4_NO_NATIVE=1): nothing registers, torch paths run.
+
+Each launcher takes the torch reference's signature, makes inputs contiguous, allocates outputs and
+passes borrowed tensors (pointer, dtype, shape, strides, device, stream) to `_C`; the C++ side checks
+shapes and dtypes again (ValueError naming the tensor). `supports` predicates send what the native
+code cannot do (dtypes, devices of a CPU-only build) to the next backend.
+"""
 from __future__ import annotations
 
 import os
+
+import torch
 
 try:
     if os.environ.get("AMD_LLAMA4_NO_NATIVE") == "1":
@@ -20,3 +28,216 @@ def build_info() -> dict:
     if _C is None:
         raise RuntimeError("amd_llama4._C is not built (see README: building the native extension)")
     return dict(_C.build_info())
+
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float8_e4m3fn: 3,
+                torch.float8_e4m3fnuz: 4, torch.int32: 5, torch.int64: 6, torch.uint8: 7}
+_ACT_DTYPES = (torch.float32, torch.bfloat16)
+_FP8 = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
+_GPU = _C is not None and build_info()["backend"] in ("rocm", "cuda")
+
+
+def _ref(t: torch.Tensor, name: str):
+    gpu = t.device.type != "cpu"
+    stream = torch.cuda.current_stream(t.device).cuda_stream if gpu else 0
+    return _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], list(t.shape), list(t.stride()), int(gpu), stream, name)
+
+
+def _device_ok(*ts: torch.Tensor | None) -> bool:
+    return all(t is None or t.device.type == "cpu" or (_GPU and t.device.type == "cuda") for t in ts)
+
+
+# ---------------------------------------------------------------- activation / norm
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    # x: [..., 2I] -> [..., I]
+    d = x.shape[-1] // 2
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty(x2.shape[0], d, dtype=x.dtype, device=x.device)
+    _C.silu_and_mul(_ref(x2, "x"), _ref(out, "out"))
+    return out.reshape(*x.shape[:-1], d)
+
+
+def _silu_and_mul_ok(x, *a, **k) -> bool:
+    return x.dtype in _ACT_DTYPES and x.dim() >= 1 and x.shape[-1] % 2 == 0 and _device_ok(x)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None):
+    # x, residual: [..., H]; weight: [H] | None -> out (, x + residual)
+    H = x.shape[-1]
+    x2 = x.reshape(-1, H).contiguous()
+    out = torch.empty_like(x2)
+    r2 = residual.reshape(-1, H).contiguous() if residual is not None else None
+    rout = torch.empty_like(x2) if residual is not None else None
+    _C.rms_norm(_ref(x2, "x"), None if weight is None else _ref(weight.contiguous(), "weight"), float(eps),
+                None if r2 is None else _ref(r2, "residual"), _ref(out, "out"),
+                None if rout is None else _ref(rout, "residual_out"))
+    out = out.reshape(x.shape)
+    return (out, rout.reshape(x.shape)) if residual is not None else out
+
+
+def _rms_norm_ok(x, weight, eps, residual=None) -> bool:
+    return (x.dtype in _ACT_DTYPES and x.dim() >= 1 and _device_ok(x, weight, residual)
+            and (weight is None or (weight.dtype == x.dtype and weight.shape == x.shape[-1:]))
+            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
+
+
+# ---------------------------------------------------------------- MoE
+
+def moe_topk_sigmoid(router_logits: torch.Tensor, top_k: int):
+    # router_logits: [T, E] -> weights fp32 [T, k], ids int32 [T, k]
+    logits = router_logits.contiguous()
+    T = logits.shape[0]
+    w = torch.empty(T, top_k, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(T, top_k, dtype=torch.int32, device=logits.device)
+    _C.moe_topk_sigmoid(_ref(logits, "router_logits"), int(top_k), _ref(w, "weights"), _ref(ids, "ids"))
+    return w, ids
+
+
+def _topk_ok(router_logits, top_k) -> bool:
+    return (router_logits.dim() == 2 and router_logits.dtype in _ACT_DTYPES and _device_ok(router_logits)
+            and 1 <= top_k <= min(64, router_logits.shape[1]))
+
+
+def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_size: int):
+    # topk_ids: [T, k] -> sorted_ids int32 [P], expert_ids int32 [P / block_size], P
+    ids = topk_ids.reshape(-1).contiguous()
+    n = ids.numel()
+    bound = n + min(num_experts, n) * (block_size - 1)  # each non-empty expert pads < block_size
+    sorted_ids = torch.empty(bound, dtype=torch.int32)
+    expert_ids = torch.empty(bound // block_size + 1, dtype=torch.int32)
+    total = _C.moe_align_block_size(_ref(ids, "topk_ids"), int(num_experts), int(block_size),
+                                     _ref(sorted_ids, "sorted_ids"), _ref(expert_ids, "expert_ids"))
+    return sorted_ids[:total], expert_ids[: total // block_size], total
+
+
+def _align_ok(topk_ids, num_experts, block_size) -> bool:
+    return topk_ids.device.type == "cpu" and topk_ids.dtype in (torch.int32, torch.int64) and block_size >= 1
+
+
+def _moe_common(x, topk_weights, topk_ids):
+    return (x.contiguous(), topk_weights.float().contiguous(), topk_ids.to(torch.int32).contiguous(),
+            torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
+              topk_ids: torch.Tensor) -> torch.Tensor:
+    # x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H]; topk_*: [T, k] -> [T, H]
+    from amd_llama4.ops.moe import _check_moe_inputs
+
+    _check_moe_inputs(x, w_gate_up, w_down, topk_weights, topk_ids)
+    x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
+    _C.fused_moe(_ref(x, "x"), _ref(w_gate_up.contiguous(), "w_gate_up"), _ref(w_down.contiguous(), "w_down"),
+                 _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), None, None, _ref(out, "out"))
+    return out
+
+
+def _fused_moe_ok(x, w_gate_up, w_down, topk_weights, topk_ids) -> bool:
+    if x.device.type != "cpu" and x.dtype != torch.bfloat16:
+        return False  # the GPU kernel is bf16 (MFMA); fp32 on GPU goes to Triton/torch
+    return (x.dtype in _ACT_DTYPES and w_gate_up.dtype == x.dtype and w_down.dtype == x.dtype
+            and _device_ok(x, w_gate_up, w_down, topk_weights, topk_ids))
+
+
+def fused_moe_fp8(x: torch.Tensor, w_gate_up_q: torch.Tensor, w_gate_up_scale: torch.Tensor,
+                  w_down_q: torch.Tensor, w_down_scale: torch.Tensor, topk_weights: torch.Tensor,
+                  topk_ids: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Native `ops.moe_fp8.fused_moe_fp8` (w8a8): x [T, H] fp32|bf16; w_gate_up_q [E, H, 2I] and
+    w_down_q [E, I, H] fp8 with per-output-channel scales [E, 1, N]; expert inputs and the
+    SiLU-and-mul output are quantised per token on the fly."""
+    from amd_llama4.ops.moe_fp8 import check_moe_fp8_inputs
+
+    check_moe_fp8_inputs(x, w_gate_up_q, w_gate_up_scale, w_down_q, w_down_scale, topk_weights, topk_ids, fmt)
+    E = w_gate_up_q.shape[0]
+    x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
+    s1 = w_gate_up_scale.float().reshape(E, -1).contiguous()
+    s2 = w_down_scale.float().reshape(E, -1).contiguous()
+    _C.fused_moe(_ref(x, "x"), _ref(w_gate_up_q.contiguous(), "w_gate_up_q"), _ref(w_down_q.contiguous(), "w_down_q"),
+                 _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), _ref(s1, "w_gate_up_scale"),
+                 _ref(s2, "w_down_scale"), _ref(out, "out"))
+    return out
+
+
+def _fused_moe_fp8_ok(x, w_gate_up_q, w_gate_up_scale, w_down_q, w_down_scale, topk_weights, topk_ids, fmt) -> bool:
+    return (x.dtype in _ACT_DTYPES and fmt in _FP8 and w_gate_up_q.dtype == _FP8[fmt] and w_down_q.dtype == _FP8[fmt]
+            and _device_ok(x, w_gate_up_q, w_down_q, topk_weights, topk_ids))
+
+
+# ---------------------------------------------------------------- FP8
+
+def _tile(shape: torch.Size, granularity: str, block) -> tuple[int, int]:
+    R, C = shape[-2], shape[-1]
+    return {"tensor": (R, C), "row": (1, C), "col": (R, 1)}.get(granularity) or tuple(block)
+
+
+def quantize_fp8(x: torch.Tensor, fmt: str, granularity: str = "row", block: tuple[int, int] | None = None,
+                 scale: torch.Tensor | None = None):
+    # x: [..., R, C] -> q fp8 [..., R, C], scale fp32 [..., ceil(R/br), ceil(C/bc)]
+    R, C = x.shape[-2], x.shape[-1]
+    br, bc = _tile(x.shape, granularity, block)
+    SR, SC = -(-R // br), -(-C // bc)
+    x3 = x.reshape(-1, R, C).contiguous()
+    q = torch.empty(x3.shape, dtype=_FP8[fmt], device=x.device)
+    if scale is None:
+        s3 = torch.empty(x3.shape[0], SR, SC, dtype=torch.float32, device=x.device)
+    else:
+        s3 = scale.float().expand(*x.shape[:-2], SR, SC).reshape(-1, SR, SC).contiguous()
+    _C.quantize_fp8(_ref(x3, "x"), _ref(q, "q"), _ref(s3, "scale"), br, bc, scale is None)
+    out_scale = s3.reshape(*x.shape[:-2], SR, SC) if scale is None else scale.float()
+    return q.reshape(x.shape), out_scale
+
+
+def _quantize_ok(x, fmt, granularity="row", block=None, scale=None) -> bool:
+    if not (x.dtype in _ACT_DTYPES and x.dim() >= 2 and x.numel() > 0 and fmt in _FP8 and _device_ok(x, scale)):
+        return False
+    if granularity not in ("tensor", "row", "col", "block") or (granularity == "block") != (block is not None):
+        return False
+    if scale is not None:  # the reference broadcasts a given scale over its tiles; other shapes go to torch
+        br, bc = _tile(x.shape, granularity, block)
+        tiles = (*x.shape[:-2], -(-x.shape[-2] // br), -(-x.shape[-1] // bc))
+        try:
+            return tuple(torch.broadcast_shapes(scale.shape, tiles)) == tiles
+        except RuntimeError:
+            return False
+    return True
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Native `ops.fp8.dequantize_fp8`: q [..., R, C] fp8, scale per tile (block) or broadcastable."""
+    R, C = q.shape[-2], q.shape[-1]
+    if block is None:  # a broadcast scale: each of its last two dims is 1 (whole extent) or full
+        s = scale.float().reshape(*([1] * max(0, 2 - scale.dim())), *scale.shape)
+        br, bc = (R if s.shape[-2] == 1 else 1), (C if s.shape[-1] == 1 else 1)
+    else:
+        s, (br, bc) = scale.float(), block
+    SR, SC = -(-R // br), -(-C // bc)
+    s3 = s.expand(*q.shape[:-2], SR, SC).reshape(-1, SR, SC).contiguous()
+    q3 = q.reshape(-1, R, C).contiguous()
+    out = torch.empty(q3.shape, dtype=dtype)
+    _C.dequantize_fp8(_ref(q3, "q"), _ref(s3, "scale"), br, bc, _ref(out, "out"))
+    return out.reshape(q.shape)
+
+
+def fn_to_fnuz(q: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Native `ops.fp8.fn_to_fnuz`: the same bits except 0x80 -> 0, scale doubled."""
+    if q.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"fn_to_fnuz: expected float8_e4m3fn, got {q.dtype}")
+    qc = q.contiguous()
+    out = torch.empty(qc.shape, dtype=torch.float8_e4m3fnuz)
+    _C.fn_to_fnuz(_ref(qc, "q"), _ref(out, "out"))
+    return out, scale.float() * 2.0
+
+
+# ---------------------------------------------------------------- registration
+
+if _C is not None:
+    from amd_llama4.ops.dispatch import register
+
+    register("silu_and_mul", "native", supports=_silu_and_mul_ok)(silu_and_mul)
+    register("rms_norm", "native", supports=_rms_norm_ok)(rms_norm)
+    register("moe_topk_sigmoid", "native", supports=_topk_ok)(moe_topk_sigmoid)
+    register("moe_align_block_size", "native", supports=_align_ok)(moe_align_block_size)
+    register("fused_moe", "native", supports=_fused_moe_ok)(fused_moe)
+    register("fused_moe_fp8", "native", supports=_fused_moe_fp8_ok)(fused_moe_fp8)
+    register("quantize_fp8", "native", supports=_quantize_ok)(quantize_fp8)

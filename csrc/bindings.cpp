@@ -1,0 +1,239 @@
+// The single pybind11 module amd_llama4._C. Tensors arrive as TensorRef (pointer, dtype, shape,
+// strides, device, stream) built by amd_llama4/ops/native.py; no libtorch link. Each launcher here
+// checks shapes/dtypes/contiguity (errors name the tensor), then runs the CPU or GPU kernel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "al4_tensor.h"
+#include "cpu/cpu_ops.h"
+#ifdef AL4_WITH_GPU
+#include "hip/gpu_ops.h"
+#endif
+#ifdef AL4_WITH_CK
+#include "ck/ck_ops.h"
+#endif
+
+namespace py = pybind11;
+using al4::TensorRef;
+
+namespace {
+
+#ifndef AL4_BACKEND
+#define AL4_BACKEND "cpu"
+#endif
+#ifndef AL4_GPU_ARCHS
+#define AL4_GPU_ARCHS ""
+#endif
+
+bool on_gpu(const TensorRef& t, const char* op) {
+  if (t.device == 0) return false;
+#ifdef AL4_WITH_GPU
+  return true;
+#else
+  al4::fail(std::string(op) + ": " + t.name + " is a GPU tensor but amd_llama4._C was built for CPU only");
+#endif
+}
+
+#ifdef AL4_WITH_GPU
+#define AL4_RUN(op, ...) (on_gpu(first, #op) ? al4::gpu::op(__VA_ARGS__) : al4::cpu::op(__VA_ARGS__))
+#else
+#define AL4_RUN(op, ...) (on_gpu(first, #op), al4::cpu::op(__VA_ARGS__))
+#endif
+
+void same_device(std::initializer_list<const TensorRef*> ts, const char* op) {
+  const TensorRef* a = *ts.begin();
+  for (const TensorRef* t : ts)
+    if (t) al4::check(t->device == a->device, std::string(op) + ": " + t->name + " is on another device than " + a->name);
+}
+
+void contiguous(std::initializer_list<const TensorRef*> ts, const char* op) {
+  for (const TensorRef* t : ts)
+    if (t) al4::check_contiguous(*t, op);
+}
+
+void silu_and_mul(const TensorRef& x, const TensorRef& out) {
+  const char* op = "silu_and_mul";
+  al4::check_dim(x, 2, op);
+  al4::check(x.size(1) % 2 == 0, "silu_and_mul: x's last dim must be even ([gate | up])");
+  al4::check_shape(out, {x.size(0), x.size(1) / 2}, op);
+  al4::check(out.dtype == x.dtype, "silu_and_mul: out must have x's dtype");
+  contiguous({&x, &out}, op);
+  same_device({&x, &out}, op);
+  const TensorRef& first = x;
+  AL4_RUN(silu_and_mul, x, out);
+}
+
+void rms_norm(const TensorRef& x, const TensorRef* weight, double eps, const TensorRef* residual, const TensorRef& out,
+              const TensorRef* residual_out) {
+  const char* op = "rms_norm";
+  al4::check_dim(x, 2, op);
+  if (weight) {
+    al4::check_shape(*weight, {x.size(1)}, op);
+    al4::check(weight->dtype == x.dtype, "rms_norm: weight must have x's dtype");
+  }
+  al4::check((residual == nullptr) == (residual_out == nullptr), "rms_norm: residual and residual_out go together");
+  for (const TensorRef* t : {residual, &out, residual_out})
+    if (t) {
+      al4::check_shape(*t, x.shape, op);
+      al4::check(t->dtype == x.dtype, "rms_norm: " + t->name + " must have x's dtype");
+    }
+  contiguous({&x, weight, residual, &out, residual_out}, op);
+  same_device({&x, weight, residual, &out, residual_out}, op);
+  const TensorRef& first = x;
+  AL4_RUN(rms_norm, x, weight, eps, residual, out, residual_out);
+}
+
+void moe_topk_sigmoid(const TensorRef& logits, int top_k, const TensorRef& weights, const TensorRef& ids) {
+  const char* op = "moe_topk_sigmoid";
+  al4::check_dim(logits, 2, op);
+  al4::check(top_k >= 1 && top_k <= logits.size(1) && top_k <= 64,
+             "moe_topk_sigmoid: top_k=" + std::to_string(top_k) + " must be in [1, min(E, 64)]");
+  al4::check_shape(weights, {logits.size(0), top_k}, op);
+  al4::check_shape(ids, {logits.size(0), top_k}, op);
+  al4::check_dtype(weights, {al4::kF32}, op);
+  al4::check_dtype(ids, {al4::kI32}, op);
+  contiguous({&logits, &weights, &ids}, op);
+  same_device({&logits, &weights, &ids}, op);
+  const TensorRef& first = logits;
+  AL4_RUN(moe_topk_sigmoid, logits, top_k, weights, ids);
+}
+
+int64_t moe_align_block_size(const TensorRef& topk_ids, int num_experts, int block_size, const TensorRef& sorted_ids,
+                             const TensorRef& expert_ids) {
+  const char* op = "moe_align_block_size";
+  al4::check(num_experts >= 1 && block_size >= 1, "moe_align_block_size: num_experts and block_size must be >= 1");
+  al4::check_dtype(topk_ids, {al4::kI32, al4::kI64}, op);
+  al4::check_dtype(sorted_ids, {al4::kI32}, op);
+  al4::check_dtype(expert_ids, {al4::kI32}, op);
+  contiguous({&topk_ids, &sorted_ids, &expert_ids}, op);
+  al4::check(topk_ids.device == 0, "moe_align_block_size: native path is CPU only (GPU uses the fused kernel)");
+  return al4::cpu::moe_align_block_size(topk_ids, num_experts, block_size, sorted_ids, expert_ids);
+}
+
+void quantize_fp8(const TensorRef& x, const TensorRef& q, const TensorRef& scale, int64_t br, int64_t bc,
+                  bool compute_scale) {
+  const char* op = "quantize_fp8";
+  al4::check_dim(x, 3, op);
+  al4::check_shape(q, x.shape, op);
+  al4::check_dtype(q, {al4::kF8E4M3FN, al4::kF8E4M3FNUZ}, op);
+  al4::check_dtype(scale, {al4::kF32}, op);
+  al4::check(br >= 1 && bc >= 1, "quantize_fp8: block sizes must be >= 1");
+  al4::check_shape(scale, {x.size(0), al4::ceil_div(x.size(1), br), al4::ceil_div(x.size(2), bc)}, op);
+  contiguous({&x, &q, &scale}, op);
+  same_device({&x, &q, &scale}, op);
+  const TensorRef& first = x;
+  AL4_RUN(quantize_fp8, x, q, scale, br, bc, compute_scale);
+}
+
+void dequantize_fp8(const TensorRef& q, const TensorRef& scale, int64_t br, int64_t bc, const TensorRef& out) {
+  const char* op = "dequantize_fp8";
+  al4::check_dim(q, 3, op);
+  al4::check_dtype(q, {al4::kF8E4M3FN, al4::kF8E4M3FNUZ}, op);
+  al4::check_shape(out, q.shape, op);
+  al4::check_dtype(scale, {al4::kF32}, op);
+  al4::check(br >= 1 && bc >= 1, "dequantize_fp8: block sizes must be >= 1");
+  al4::check_shape(scale, {q.size(0), al4::ceil_div(q.size(1), br), al4::ceil_div(q.size(2), bc)}, op);
+  contiguous({&q, &scale, &out}, op);
+  al4::check(q.device == 0, "dequantize_fp8: native path is CPU only");
+  al4::cpu::dequantize_fp8(q, scale, br, bc, out);
+}
+
+void fn_to_fnuz(const TensorRef& q, const TensorRef& out) {
+  const char* op = "fn_to_fnuz";
+  al4::check_dtype(q, {al4::kF8E4M3FN}, op);
+  al4::check_dtype(out, {al4::kF8E4M3FNUZ}, op);
+  al4::check_shape(out, q.shape, op);
+  contiguous({&q, &out}, op);
+  al4::check(q.device == 0, "fn_to_fnuz: native path is CPU only");
+  al4::cpu::fn_to_fnuz(q, out);
+}
+
+void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, const TensorRef& tw, const TensorRef& ids,
+               const TensorRef* s1, const TensorRef* s2, const TensorRef& out) {
+  const char* op = "fused_moe";
+  al4::check_dim(x, 2, op);
+  al4::check_dim(w1, 3, op);
+  al4::check_dim(w2, 3, op);
+  const int64_t T = x.size(0), H = x.size(1), E = w1.size(0);
+  al4::check(w1.size(1) == H && w1.size(2) % 2 == 0,
+             "fused_moe: w_gate_up must be [E, H=" + std::to_string(H) + ", 2I], got " + al4::shape_str(w1));
+  const int64_t I = w1.size(2) / 2;
+  al4::check_shape(w2, {E, I, H}, op);
+  al4::check_dim(ids, 2, op);
+  al4::check(ids.size(0) == T, "fused_moe: topk_ids must be [T=" + std::to_string(T) + ", k]");
+  al4::check_shape(tw, ids.shape, op);
+  al4::check_dtype(tw, {al4::kF32}, op);
+  al4::check_dtype(ids, {al4::kI32}, op);
+  al4::check_shape(out, x.shape, op);
+  al4::check(out.dtype == x.dtype, "fused_moe: out must have x's dtype");
+  al4::check((s1 == nullptr) == (s2 == nullptr), "fused_moe: w1_scale and w2_scale go together");
+  if (s1) {
+    al4::check_dtype(w1, {al4::kF8E4M3FN, al4::kF8E4M3FNUZ}, op);
+    al4::check(w2.dtype == w1.dtype, "fused_moe: w_down must have w_gate_up's fp8 dtype");
+    al4::check_shape(*s1, {E, 2 * I}, op);
+    al4::check_shape(*s2, {E, H}, op);
+    al4::check_dtype(*s1, {al4::kF32}, op);
+    al4::check_dtype(*s2, {al4::kF32}, op);
+  } else {
+    al4::check(w1.dtype == x.dtype && w2.dtype == x.dtype, "fused_moe: w_gate_up and w_down must have x's dtype");
+  }
+  contiguous({&x, &w1, &w2, &tw, &ids, s1, s2, &out}, op);
+  same_device({&x, &w1, &w2, &tw, &ids, s1, s2, &out}, op);
+  const TensorRef& first = x;
+#ifdef AL4_WITH_CK
+  if (x.device != 0 && al4::ck::fused_moe_supported(x, w1, s1)) return al4::ck::fused_moe(x, w1, w2, tw, ids, s1, s2, out);
+#endif
+  AL4_RUN(fused_moe, x, w1, w2, tw, ids, s1, s2, out);
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["backend"] = AL4_BACKEND;
+  d["gpu_archs"] = std::string(AL4_GPU_ARCHS);
+  d["cpu_isa"] = std::string(al4::cpu::gemm_isa());
+  d["openmp_threads"] = omp_get_max_threads();
+#ifdef AL4_WITH_CK
+  d["ck"] = true;
+#else
+  d["ck"] = false;
+#endif
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#endif
+  d["ops"] = std::vector<std::string>{"silu_and_mul", "rms_norm", "moe_topk_sigmoid", "moe_align_block_size",
+                                      "fused_moe", "quantize_fp8", "dequantize_fp8", "fn_to_fnuz"};
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "amd_llama4 native kernels (CPU; HIP/CUDA when built for a GPU). Call through amd_llama4.ops.";
+  py::class_<TensorRef>(m, "TensorRef")
+      .def(py::init([](uintptr_t ptr, int dtype, std::vector<int64_t> shape, std::vector<int64_t> strides, int device,
+                       uintptr_t stream, std::string name) {
+             TensorRef t;
+             t.ptr = ptr, t.dtype = dtype, t.shape = std::move(shape), t.strides = std::move(strides);
+             t.device = device, t.stream = stream, t.name = std::move(name);
+             return t;
+           }),
+           py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("device") = 0,
+           py::arg("stream") = 0, py::arg("name") = "tensor")
+      .def_readonly("shape", &TensorRef::shape)
+      .def_readonly("name", &TensorRef::name);
+  // Keyword names match the Python launchers; the GIL is released while kernels run.
+  auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("silu_and_mul", &silu_and_mul, nogil);
+  m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight").none(true), py::arg("eps"),
+        py::arg("residual").none(true), py::arg("out"), py::arg("residual_out").none(true), nogil);
+  m.def("moe_topk_sigmoid", &moe_topk_sigmoid, nogil);
+  m.def("moe_align_block_size", &moe_align_block_size, nogil);
+  m.def("quantize_fp8", &quantize_fp8, nogil);
+  m.def("dequantize_fp8", &dequantize_fp8, nogil);
+  m.def("fn_to_fnuz", &fn_to_fnuz, nogil);
+  m.def("fused_moe", &fused_moe, py::arg("x"), py::arg("w_gate_up"), py::arg("w_down"), py::arg("topk_weights"),
+        py::arg("topk_ids"), py::arg("w1_scale").none(true), py::arg("w2_scale").none(true), py::arg("out"), nogil);
+  m.def("build_info", &build_info);
+}

@@ -1,0 +1,46 @@
+// CPU implementations of the native ops (C++17 + OpenMP). Each takes borrowed tensors already
+// checked by the launcher in bindings.cpp; shapes are in the comments of each definition.
+#pragma once
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+inline int omp_get_max_threads() { return 1; }  // built without OpenMP: serial
+#endif
+
+#include "al4_tensor.h"
+
+namespace al4::cpu {
+
+// Calls f(T{}) with T = float or bf16_t for the activation dtype; other dtypes are an error.
+template <typename F>
+void dispatch_act(const TensorRef& t, const char* op, F&& f) {
+  if (t.dtype == kF32) {
+    f(float{});
+  } else if (t.dtype == kBF16) {
+    f(bf16_t{});
+  } else {
+    fail(std::string(op) + ": " + t.name + " has unsupported dtype " + dtype_name(t.dtype) +
+         " (CPU path: float32, bfloat16)");
+  }
+}
+
+// Below this many elements an OpenMP region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 14;
+
+void silu_and_mul(const TensorRef& x, const TensorRef& out);
+void rms_norm(const TensorRef& x, const TensorRef* weight, double eps, const TensorRef* residual,
+              const TensorRef& out, const TensorRef* residual_out);
+void moe_topk_sigmoid(const TensorRef& logits, int top_k, const TensorRef& weights, const TensorRef& ids);
+int64_t moe_align_block_size(const TensorRef& topk_ids, int num_experts, int block_size, const TensorRef& sorted_ids,
+                             const TensorRef& expert_ids);
+void quantize_fp8(const TensorRef& x, const TensorRef& q, const TensorRef& scale, int64_t block_r, int64_t block_c,
+                  bool compute_scale);
+void dequantize_fp8(const TensorRef& q, const TensorRef& scale, int64_t block_r, int64_t block_c,
+                    const TensorRef& out);
+void fn_to_fnuz(const TensorRef& q, const TensorRef& out);
+void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& w_down, const TensorRef& topk_weights,
+               const TensorRef& topk_ids, const TensorRef* w1_scale, const TensorRef* w2_scale, const TensorRef& out);
+const char* gemm_isa();
+
+}  // namespace al4::cpu

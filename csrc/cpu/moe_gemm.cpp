@@ -1,0 +1,290 @@
+// Fused MoE on CPU: route (sort rows by expert, scale inputs by the routing weight), gate_up GEMM
+// with SiLU-and-mul fused into its epilogue, down GEMM, per-token sum over the k slots.
+// Activations float32|bfloat16 with weights of the same dtype, or FP8 w8a8 (weights e4m3fn|fnuz
+// with per-output-channel scales, activations quantised per token on the fly).
+// Parallel over (expert, column strip) tasks; the ISA (AVX-512 / AVX2 / baseline) is picked once.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <cstring>
+#include <vector>
+
+#include "cpu_ops.h"
+#include "moe_gemm_kernel.h"
+
+namespace al4::cpu {
+
+namespace {
+
+constexpr int64_t KC = 256;  // K block: a packed panel of KC x NR floats stays in L1/L2
+
+struct MoeArgs {
+  int64_t H = 0, I = 0, E = 0;
+  const float* xin = nullptr;  // [N, H] expert-sorted, routed inputs (fp8 path: decoded values)
+  const float* xs = nullptr;   // [N] per-row activation scale (fp8 path) or null
+  const void* w1 = nullptr;    // [E, H, 2I]
+  const void* w2 = nullptr;    // [E, I, H]
+  const float* s1 = nullptr;   // [E, 2I] per-channel weight scale (fp8 path) or null
+  const float* s2 = nullptr;   // [E, H]
+  const int64_t* off = nullptr;  // [E + 1] row offsets per expert
+  float* h = nullptr;            // [N, I] silu(gate) * up
+  float* hs = nullptr;           // [N] per-row scale of h (fp8 path)
+  float* y = nullptr;            // [N, H] expert outputs in sorted order
+  bool bf16_act = false;         // emulate the reference's bfloat16 roundings (bf16 GEMMs)
+  bool bf16_out = false;         // fp8 path with bf16 x: h and y are rounded to bf16 (ops/moe_fp8.py)
+  bool fnuz = false;
+};
+
+// One aligned scratch buffer per thread, grown on demand.
+float* scratch(int slot, size_t n) {
+  thread_local std::vector<float> bufs[3];
+  auto& b = bufs[slot];
+  if (b.size() < n + 16) b.resize(n + 16);
+  auto p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+AL4_INLINE float act_round(float v, bool bf16) { return bf16 ? round_to<bf16_t>(v) : v; }
+
+// Rows [r0, r0+n) of A ([*, K], fp32) times column strip [n0, n0+nr) of NW weight matrices
+// W[w] ([K, ldw]) -> C tiles [n, NR] per weight (row-major, NR = NV * VW).
+template <class Cfg, int NW, typename W, typename Dec>
+AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const* wts, int64_t ldw, int64_t n0,
+                           int64_t nr, Dec dec, float* const* ctile) {
+  constexpr int VW = Cfg::VW, MR = Cfg::template MR<NW>, NV = Cfg::template NV<NW>, NR = NV * VW;
+  float* panel = scratch(0, size_t(NW) * KC * NR);
+  float dump[NR] __attribute__((aligned(64)));
+  for (int w = 0; w < NW; ++w) std::memset(ctile[w], 0, sizeof(float) * n * NR);
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    const float* pw[NW];
+    for (int w = 0; w < NW; ++w) {
+      pack_panel<NR>(wts[w], ldw, k0, kc, n0, nr, dec, panel + w * KC * NR);
+      pw[w] = panel + w * KC * NR;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += MR) {
+      const float* a[MR];
+      float* c[NW * MR];
+      for (int i = 0; i < MR; ++i) {
+        const bool ok = i0 + i < n;  // rows past the end reuse row 0 and write to `dump`
+        a[i] = A + (ok ? i0 + i : 0) * K + k0;
+        for (int w = 0; w < NW; ++w) c[w * MR + i] = ok ? ctile[w] + (i0 + i) * NR : dump;
+      }
+      microkernel<VW, MR, NV, NW>(a, kc, pw, c);
+    }
+  }
+}
+
+// Task (expert e, strip s of I): h[rows, strip] = silu(x W_gate) * (x W_up), scales applied.
+template <class Cfg, typename W, typename Dec>
+AL4_INLINE void gate_up_task(const MoeArgs& g, int64_t e, int64_t s, Dec dec) {
+  constexpr int NR = Cfg::VW * Cfg::template NV<2>;
+  const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, n0 = s * NR, nr = std::min<int64_t>(NR, g.I - n0);
+  const W* w1 = static_cast<const W*>(g.w1) + e * g.H * 2 * g.I;
+  const W* wts[2] = {w1 + n0, w1 + g.I + n0};
+  float* ct = scratch(1, size_t(2) * n * NR);
+  float* tiles[2] = {ct, ct + n * NR};
+  strip_gemm<Cfg, 2>(g.xin + r0 * g.H, g.H, n, wts, 2 * g.I, 0, nr, dec, tiles);
+  for (int64_t i = 0; i < n; ++i) {
+    float* hrow = g.h + (r0 + i) * g.I + n0;
+    const float xs = g.xs ? g.xs[r0 + i] : 1.0f;
+    for (int64_t j = 0; j < nr; ++j) {
+      float gv = tiles[0][i * NR + j], uv = tiles[1][i * NR + j];
+      if (g.s1) {
+        gv = gv * xs * g.s1[e * 2 * g.I + n0 + j];
+        uv = uv * xs * g.s1[e * 2 * g.I + g.I + n0 + j];
+      }
+      gv = act_round(gv, g.bf16_act);
+      uv = act_round(uv, g.bf16_act);
+      hrow[j] = act_round(act_round(silu_f32(gv), g.bf16_act) * uv, g.bf16_act || g.bf16_out);
+    }
+  }
+}
+
+// Task (expert e, strip s of H): y[rows, strip] = h W_down, scales applied.
+template <class Cfg, typename W, typename Dec>
+AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s, Dec dec) {
+  constexpr int NR = Cfg::VW * Cfg::template NV<1>;
+  const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, n0 = s * NR, nr = std::min<int64_t>(NR, g.H - n0);
+  const W* wts[1] = {static_cast<const W*>(g.w2) + e * g.I * g.H + n0};
+  float* ct = scratch(1, size_t(n) * NR);
+  float* tiles[1] = {ct};
+  strip_gemm<Cfg, 1>(g.h + r0 * g.I, g.I, n, wts, g.H, 0, nr, dec, tiles);
+  for (int64_t i = 0; i < n; ++i) {
+    float* yrow = g.y + (r0 + i) * g.H + n0;
+    const float hs = g.hs ? g.hs[r0 + i] : 1.0f;
+    for (int64_t j = 0; j < nr; ++j) {
+      float v = ct[i * NR + j];
+      if (g.s2) v = v * hs * g.s2[e * g.H + n0 + j];
+      yrow[j] = act_round(v, g.bf16_act || g.bf16_out);
+    }
+  }
+}
+
+// Per-ISA entry points: the target attribute makes the always_inline kernels compile for it.
+using TaskFn = void (*)(const MoeArgs&, int64_t, int64_t, int wtype);
+enum WType { kWF32 = 0, kWBF16 = 1, kWFP8 = 2 };
+
+template <class Cfg, bool GATE_UP, typename W, typename Dec>
+AL4_INLINE void run_typed(const MoeArgs& g, int64_t e, int64_t s, Dec dec) {
+  if constexpr (GATE_UP)
+    gate_up_task<Cfg, W>(g, e, s, dec);
+  else
+    down_task<Cfg, W>(g, e, s, dec);
+}
+
+// No lambdas here: a lambda is a separate function that would not inherit the caller's target ISA.
+template <class Cfg, bool GATE_UP>
+AL4_INLINE void run_task(const MoeArgs& g, int64_t e, int64_t s, int wtype) {
+  if (wtype == kWF32)
+    run_typed<Cfg, GATE_UP, float>(g, e, s, DecF32{});
+  else if (wtype == kWBF16)
+    run_typed<Cfg, GATE_UP, bf16_t>(g, e, s, DecBF16{});
+  else
+    run_typed<Cfg, GATE_UP, uint8_t>(g, e, s, DecFP8{(g.fnuz ? fp8_table<true>() : fp8_table<false>()).v});
+}
+
+using CfgBase = TileCfg<4, 4, 1, 4, 2>;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+using CfgV3 = TileCfg<8, 4, 1, 6, 2>;    // AVX2: 8 + 12 accumulators of 16 ymm
+using CfgV4 = TileCfg<16, 4, 2, 8, 2>;   // AVX-512: 16 + 16 accumulators of 32 zmm
+#define AL4_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
+#define AL4_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
+AL4_TARGET_V4 void gate_up_v4(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV4, true>(g, e, s, wt); }
+AL4_TARGET_V4 void down_v4(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV4, false>(g, e, s, wt); }
+AL4_TARGET_V3 void gate_up_v3(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV3, true>(g, e, s, wt); }
+AL4_TARGET_V3 void down_v3(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV3, false>(g, e, s, wt); }
+#endif
+void gate_up_base(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgBase, true>(g, e, s, wt); }
+void down_base(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgBase, false>(g, e, s, wt); }
+
+struct Isa {
+  const char* name;
+  TaskFn gate_up, down;
+  int nr_gate_up, nr_down;
+};
+
+const Isa& isa() {
+  static const Isa chosen = [] {
+    const char* force = std::getenv("AMD_LLAMA4_CPU_ISA");  // "base" to test the portable path
+    std::string f = force ? force : "";
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (f.empty() && __builtin_cpu_supports("x86-64-v4"))
+      return Isa{"avx512", gate_up_v4, down_v4, 16 * 2, 16 * 2};
+    if ((f.empty() || f == "avx2") && __builtin_cpu_supports("x86-64-v3"))
+      return Isa{"avx2", gate_up_v3, down_v3, 8 * 1, 8 * 2};
+#endif
+    return Isa{"base", gate_up_base, down_base, 4 * 1, 4 * 2};
+  }();
+  return chosen;
+}
+
+template <bool FNUZ>
+void quantize_rows(float* v, float* scale, int64_t n, int64_t cols) {
+  const float fmax = Fp8Fmt<FNUZ>::kMax;
+#pragma omp parallel for schedule(static) if (n * cols > kParallelMin)
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = v + r * cols;
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(row[c]));
+    const float s = std::max(amax, 1e-12f) / fmax;
+    scale[r] = s;
+    for (int64_t c = 0; c < cols; ++c) row[c] = fp8_decode<FNUZ>(fp8_encode<FNUZ>(row[c] / s));
+  }
+}
+
+}  // namespace
+
+const char* gemm_isa() { return isa().name; }
+
+// x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H]; topk_weights: [T, k] fp32; topk_ids: [T, k]
+// int32; w1_scale: [E, 2I] / w2_scale: [E, H] fp32 for fp8 weights (null otherwise) -> out: [T, H].
+void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& w_down, const TensorRef& topk_weights,
+               const TensorRef& topk_ids, const TensorRef* w1_scale, const TensorRef* w2_scale, const TensorRef& out) {
+  const int64_t T = x.size(0), H = x.size(1), E = w_gate_up.size(0), I = w_down.size(1), k = topk_ids.size(1);
+  const int64_t N = T * k;
+  const bool fp8 = w1_scale != nullptr;
+  MoeArgs g;
+  g.H = H, g.I = I, g.E = E;
+  g.bf16_act = !fp8 && x.dtype == kBF16;
+  g.bf16_out = fp8 && x.dtype == kBF16;
+  g.fnuz = w_gate_up.dtype == kF8E4M3FNUZ;
+  g.w1 = reinterpret_cast<const void*>(w_gate_up.ptr);
+  g.w2 = reinterpret_cast<const void*>(w_down.ptr);
+  g.s1 = fp8 ? w1_scale->data<float>() : nullptr;
+  g.s2 = fp8 ? w2_scale->data<float>() : nullptr;
+  const int wtype = fp8 ? kWFP8 : (w_gate_up.dtype == kBF16 ? kWBF16 : kWF32);
+
+  // Routing: counting sort of the N = T*k slots by expert (stable); pos[slot] = its sorted row.
+  const int32_t* ids = topk_ids.data<int32_t>();
+  const float* tw = topk_weights.data<float>();
+  std::vector<int64_t> off(E + 1, 0), pos(N);
+  for (int64_t i = 0; i < N; ++i) {
+    check(ids[i] >= 0 && ids[i] < E, "fused_moe: topk_ids holds " + std::to_string(ids[i]) +
+                                         ", outside [0, E=" + std::to_string(E) + ")");
+    ++off[ids[i] + 1];
+  }
+  for (int64_t e = 0; e < E; ++e) off[e + 1] += off[e];
+  {
+    std::vector<int64_t> cur(off.begin(), off.end() - 1);
+    for (int64_t i = 0; i < N; ++i) pos[i] = cur[ids[i]]++;
+  }
+  g.off = off.data();
+  // Uninitialised on purpose: every element is written before it is read.
+  std::unique_ptr<float[]> xin(new float[N * H]), h(new float[N * I]), y(new float[N * H]);
+  std::vector<float> xs(fp8 ? N : 0), hs(fp8 ? N : 0);
+  g.xin = xin.get(), g.h = h.get(), g.y = y.get();
+
+  // Routed inputs: weight applied to the input in fp32, rounded to the activation dtype.
+  dispatch_act(x, "fused_moe", [&](auto tag) {
+    using T_ = decltype(tag);
+    const T_* xp = x.data<T_>();
+#pragma omp parallel for schedule(static) if (N * H > kParallelMin)
+    for (int64_t i = 0; i < N; ++i) {
+      float* dst = xin.get() + pos[i] * H;
+      const T_* src = xp + (i / k) * H;
+      for (int64_t c = 0; c < H; ++c) dst[c] = act_round(load_f32(src, c) * tw[i], g.bf16_act);
+    }
+  });
+  if (fp8) {
+    g.fnuz ? quantize_rows<true>(xin.get(), xs.data(), N, H) : quantize_rows<false>(xin.get(), xs.data(), N, H);
+    g.xs = xs.data(), g.hs = hs.data();
+  }
+
+  const Isa& is = isa();
+  auto run_phase = [&](TaskFn fn, int64_t cols, int nr) {
+    const int64_t strips = ceil_div(cols, nr);
+    std::vector<std::pair<int64_t, int64_t>> tasks;
+    for (int64_t e = 0; e < E; ++e)
+      if (off[e + 1] > off[e])
+        for (int64_t s = 0; s < strips; ++s) tasks.emplace_back(e, s);
+    const int64_t nt = int64_t(tasks.size());
+#pragma omp parallel for schedule(dynamic, 1) if (nt > 1 && N * H > 4096)
+    for (int64_t t = 0; t < nt; ++t) fn(g, tasks[t].first, tasks[t].second, wtype);
+  };
+  run_phase(is.gate_up, I, is.nr_gate_up);
+  if (fp8) g.fnuz ? quantize_rows<true>(h.get(), hs.data(), N, I) : quantize_rows<false>(h.get(), hs.data(), N, I);
+  run_phase(is.down, H, is.nr_down);
+
+  // Sum over the k slots of each token in fp32, one rounding to the output dtype.
+  dispatch_act(out, "fused_moe", [&](auto tag) {
+    using T_ = decltype(tag);
+    T_* op = out.data<T_>();
+#pragma omp parallel for schedule(static) if (T * H > kParallelMin)
+    for (int64_t t = 0; t < T; ++t) {
+      float* acc = scratch(2, size_t(H));
+      std::memcpy(acc, y.get() + pos[t * k] * H, sizeof(float) * H);
+      for (int64_t j = 1; j < k; ++j) {
+        const float* src = y.get() + pos[t * k + j] * H;
+        for (int64_t c = 0; c < H; ++c) acc[c] += src[c];
+      }
+      for (int64_t c = 0; c < H; ++c) store_f32(op, t * H + c, acc[c]);
+    }
+  });
+}
+
+}  // namespace al4::cpu

@@ -1,0 +1,134 @@
+"""Native CPU ops (amd_llama4._C) against the torch references: odd shapes, empty experts,
+non-contiguous inputs, fp32 and bf16."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amd_llama4 import ops
+from amd_llama4.ops import dispatch, native
+from amd_llama4.ops.moe import moe_dense_reference
+from native_helpers import TOL, require_native
+
+pytestmark = pytest.mark.usefixtures("_native")
+
+
+@pytest.fixture
+def _native():
+    require_native()
+
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2), (7, 130), (3, 5, 258)])
+def test_silu_and_mul(dtype, shape):
+    x = torch.randn(*shape, dtype=dtype) * 4
+    torch.testing.assert_close(native.silu_and_mul(x), ops.silu_and_mul(x, backend="torch"))
+
+
+def test_silu_and_mul_non_contiguous():
+    x = torch.randn(130, 7).t()  # [7, 130], strided
+    torch.testing.assert_close(native.silu_and_mul(x), ops.silu_and_mul(x, backend="torch"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,H", [(1, 8), (7, 200), (129, 1000)])
+@pytest.mark.parametrize("with_weight", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_rms_norm(dtype, T, H, with_weight, with_residual):
+    x = torch.randn(T, H, dtype=dtype) * 3
+    w = torch.randn(H, dtype=dtype) if with_weight else None
+    r = torch.randn(T, H, dtype=dtype) if with_residual else None
+    got = native.rms_norm(x, w, 1e-5, r)
+    want = ops.rms_norm(x, w, 1e-5, r, backend="torch")
+    if with_residual:
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)  # x + residual: same rounding
+        got, want = got[0], want[0]
+    torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_rms_norm_non_contiguous_and_batched():
+    x = torch.randn(200, 2, 7).permute(1, 2, 0)  # [2, 7, 200], strided
+    torch.testing.assert_close(native.rms_norm(x, None, 1e-6), ops.rms_norm(x, None, 1e-6, backend="torch"),
+                               **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,E,k", [(1, 3, 1), (7, 16, 2), (129, 128, 1), (129, 5, 2)])
+def test_moe_topk_sigmoid(dtype, T, E, k):
+    logits = torch.randn(T, E, dtype=dtype)
+    w, ids = native.moe_topk_sigmoid(logits, k)
+    rw, rids = ops.moe_topk_sigmoid(logits, k, backend="torch")
+    assert ids.dtype == torch.int32 and w.dtype == torch.float32
+    torch.testing.assert_close(w, rw, rtol=1e-6, atol=1e-6)
+    # bf16 logits tie often; a tie may pick either expert, but the chosen logits must be the top ones.
+    torch.testing.assert_close(logits.gather(1, ids.long()), logits.gather(1, rids.long()), rtol=0, atol=0)
+    assert (ids.sort(1).values.diff(dim=1) != 0).all()  # distinct experts per token
+
+
+@pytest.mark.parametrize("T,k,E,block", [(1, 1, 3, 16), (7, 2, 16, 4), (129, 1, 128, 64), (129, 2, 5, 1)])
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_moe_align_block_size(T, k, E, block, id_dtype):
+    ids = torch.randint(0, max(1, E - 2), (T, k), dtype=id_dtype)  # the last experts get no tokens
+    got = native.moe_align_block_size(ids, E, block)
+    want = ops.moe_align_block_size(ids, E, block, backend="torch")
+    assert got[2] == want[2]
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+
+
+def _moe_inputs(T, H, E, inter, k, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, H, generator=g).to(dtype)
+    w1 = (torch.randn(E, H, 2 * inter, generator=g) / H**0.5).to(dtype)
+    w2 = (torch.randn(E, inter, H, generator=g) / inter**0.5).to(dtype)
+    logits = torch.randn(T, E, generator=g)
+    logits[:, E // 2 :] -= 100  # half the experts receive no tokens
+    tw, ids = ops.moe_topk_sigmoid(logits, k, backend="torch")
+    return x, w1, w2, tw, ids
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,H,E,inter,k", [(1, 64, 3, 32, 1), (7, 200, 16, 72, 2), (129, 100, 8, 136, 1),
+                                           (129, 72, 128, 40, 2)])
+def test_fused_moe(dtype, T, H, E, inter, k):
+    x, w1, w2, tw, ids = _moe_inputs(T, H, E, inter, k, dtype)
+    got = native.fused_moe(x, w1, w2, tw, ids)
+    torch.testing.assert_close(got, ops.fused_moe(x, w1, w2, tw, ids, backend="torch"), **TOL[dtype])
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, moe_dense_reference(x, w1, w2, tw, ids), **TOL[dtype])
+
+
+def test_fused_moe_portable_isa(monkeypatch):
+    """The baseline (non-AVX) kernel path gives the same results: run it in a subprocess."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from amd_llama4 import ops; from amd_llama4.ops import native as N;"
+            "assert N.build_info()['cpu_isa'] == 'base';"
+            "g = torch.Generator().manual_seed(0); x = torch.randn(7, 100, generator=g);"
+            "w1 = torch.randn(5, 100, 80, generator=g) / 10; w2 = torch.randn(5, 40, 100, generator=g) / 7;"
+            "tw, ids = ops.moe_topk_sigmoid(torch.randn(7, 5, generator=g), 2, backend='torch');"
+            "torch.testing.assert_close(N.fused_moe(x, w1, w2, tw, ids),"
+            " ops.fused_moe(x, w1, w2, tw, ids, backend='torch'), rtol=1e-4, atol=1e-4)")
+    env = {**__import__("os").environ, "AMD_LLAMA4_CPU_ISA": "base"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_fused_moe_non_contiguous_and_errors():
+    x, w1, w2, tw, ids = _moe_inputs(7, 64, 4, 32, 2, torch.float32)
+    xt = x.t().contiguous().t()  # same values, strided
+    torch.testing.assert_close(native.fused_moe(xt, w1, w2, tw, ids.long()),
+                               ops.fused_moe(x, w1, w2, tw, ids, backend="torch"), **TOL[torch.float32])
+    with pytest.raises(ValueError, match="w_down"):
+        native.fused_moe(x, w1, w2[:, :-1], tw, ids)
+    with pytest.raises(ValueError, match="topk_ids"):
+        native.fused_moe(x, w1, w2, tw, torch.full_like(ids, 9))
+
+
+def test_dispatch_picks_native_on_cpu():
+    x = torch.randn(3, 8)
+    assert dispatch.resolve("silu_and_mul", (x,), {}) is native.silu_and_mul
+    assert dispatch.resolve("fused_moe", (x.half(), x.half(), x.half(), x, x), {}).__module__ == "amd_llama4.ops.moe"
