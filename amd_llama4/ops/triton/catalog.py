@@ -1,0 +1,148 @@
+"""Every Triton kernel of the package with representative argument types, for ahead-of-time
+compilation without a GPU (amd_llama4.tools.isa, tests/tools/test_isa.py).
+
+Each variant lists every argument: a type string ("*bf16", "i32", "fp32"; ":16" marks a value the
+runtime would see as divisible by 16) or a constant (constexprs, and strides of 1, which the JIT
+specialises the same way at launch). Configs come from configs.py defaults and the tuned JSON files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amd_llama4.ops.triton import configs
+
+HEAD_D = 128  # Llama 4 head dim
+
+
+@dataclass
+class Variant:
+    kernel: str  # display name
+    fn: object  # the @triton.jit function
+    args: dict  # every argument: type string or constant (tile constexprs added from the config)
+    op: str | None = None  # config family in configs.py (None: fixed launch, no tile config)
+    tiles: tuple = ()  # which TileConfig fields become constexprs
+    shape_filter: dict = field(default_factory=dict)  # tuned files that apply to this variant
+    dot: bool = False  # uses tl.dot (expects v_mfma / wgmma)
+
+
+def fp8_type(arch: str) -> str:
+    return "fp8e4b8" if arch.startswith("gfx94") else "fp8e4nv"
+
+
+def variants(arch: str) -> list[Variant]:
+    """Representative variants for `arch` (needs a process where triton compiles, see kernels/__init__)."""
+    from amd_llama4.ops.triton.kernels import attention, gemm, moe, paged, quant, routing
+
+    moe_gemm_kernel, quant_fp8_rows_kernel = moe.moe_gemm_kernel, quant.quant_fp8_rows_kernel
+    top1_sigmoid_kernel, fp8_gemm_kernel = routing.top1_sigmoid_kernel, gemm.fp8_gemm_kernel
+    attn_prefill_kernel, paged_decode_kernel = attention.attn_prefill_kernel, paged.paged_decode_kernel
+    paged_reduce_kernel = paged.paged_reduce_kernel
+    f8 = fp8_type(arch)
+    out = []
+    for fp8 in (False, True):
+        a_t = f"*{f8}:16" if fp8 else "*bf16:16"
+        for gated in (True, False):
+            name = f"moe_gemm[{'gate_up' if gated else 'down'},{'fp8' if fp8 else 'bf16'}]"
+            out.append(Variant(name, moe_gemm_kernel, dict(
+                a_ptr=a_t, b_ptr=a_t, c_ptr="*bf16:16", a_scale_ptr="*fp32:16", b_scale_ptr="*fp32:16",
+                topk_w_ptr="*fp32:16", sorted_ids_ptr="*i32:16", expert_ids_ptr="*i32:16", num_rows="i32",
+                N="i32:16", K="i32:16", a_row_div=1 if not gated else "i32", num_padded="i32:16",
+                stride_am="i32:16", stride_ak=1, stride_be="i32:16", stride_bk="i32:16", stride_bn=1,
+                stride_cm="i32:16", stride_cn=1, stride_bse="i32:16", stride_bsn=1,
+                GATED=gated, MUL_WEIGHT=gated, USE_FP8=fp8, DOT_F32=False),
+                op="fused_moe", tiles=("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+                shape_filter={"dtype": "fp8_w8a8"} if fp8 else {"dtype!": "fp8_w8a8"}, dot=True))
+    out.append(Variant("quant_fp8_rows", quant_fp8_rows_kernel, dict(
+        x_ptr="*bf16:16", q_ptr=f"*{f8}:16", s_ptr="*fp32:16", N="i32:16", stride_xm="i32:16", stride_qm="i32:16",
+        FMAX=240.0 if f8 == "fp8e4b8" else 448.0, EMIN=120 if f8 == "fp8e4b8" else 121, BLOCK=1024)))
+    out.append(Variant("top1_sigmoid", top1_sigmoid_kernel, dict(
+        logits_ptr="*bf16:16", w_ptr="*fp32:16", ids_ptr="*i32:16", T="i32", E="i32:16", stride_t="i32:16",
+        BLOCK_T=16, BLOCK_E=128)))
+    for block in (False, True):
+        out.append(Variant(f"fp8_gemm[{'block128' if block else 'channel'}]", fp8_gemm_kernel, dict(
+            a_ptr=f"*{f8}:16", b_ptr=f"*{f8}:16", c_ptr="*bf16:16", as_ptr="*fp32:16", bs_ptr="*fp32:16",
+            M="i32", N="i32:16", K="i32:16", stride_am="i32:16", stride_ak=1, stride_bn="i32:16", stride_bk=1,
+            stride_cm="i32:16", stride_cn=1, stride_asm="i32", stride_ask=1 if block else "i32",
+            stride_bsn="i32", stride_bsk=1 if block else "i32",
+            BLOCK_SCALE=block, SCALE_BN=128 if block else 1, SCALE_BK=128 if block else 1, DOT_F32=False),
+            op="fp8_gemm", tiles=("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+            shape_filter={"dtype": "fp8_block" if block else "fp8_channel"}, dot=True))
+    for chunked, temp in ((True, False), (False, True)):
+        out.append(Variant(f"attn_prefill[{'chunked' if chunked else 'global,temp'}]", attn_prefill_kernel, dict(
+            q_ptr="*bf16:16", k_ptr="*bf16:16", v_ptr="*bf16:16", o_ptr="*bf16:16", qpos_ptr="*i32:16",
+            kpos_ptr="*i32:16", sm_scale="fp32", S="i32", L="i32", Hq="i32", GQA="i32", chunk_size="i32:16",
+            floor_scale="fp32", attn_scale="fp32",
+            **{s: "i32:16" for s in ("stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_kl", "stride_kh")},
+            CHUNKED=chunked, HAS_TEMP=temp, DOT_F32=False, HEAD_D=HEAD_D),
+            op="attention", tiles=("BLOCK_M", "BLOCK_N"), dot=True))
+    for kv in ("bf16", f8):
+        out.append(Variant(f"paged_decode[{'fp8' if kv == f8 else 'bf16'}_kv]", paged_decode_kernel, dict(
+            q_ptr="*bf16:16", kc_ptr=f"*{kv}:16", vc_ptr=f"*{kv}:16", bt_ptr="*i32:16", seqlen_ptr="*i32:16",
+            firstpos_ptr="*i32:16", qpos_ptr="*i32:16", ks_ptr="*fp32:16", vs_ptr="*fp32:16", po_ptr="*fp32:16",
+            pm_ptr="*fp32:16", pl_ptr="*fp32:16", sm_scale="fp32", chunk_size="i32:16", GQA="i32", page_size="i32:16",
+            num_splits="i32", stride_qb="i32:16", stride_qh="i32:16", stride_kcb="i32:16", stride_kcs="i32:16",
+            stride_kch="i32:16", stride_vcb="i32:16", stride_vcs="i32:16", stride_vch="i32:16", stride_btb="i32",
+            stride_ksh=1, stride_vsh=1, stride_pob="i32:16", stride_poh="i32:16", stride_pos="i32:16",
+            stride_pmb="i32", stride_pmh="i32",
+            CHUNKED=True, KV_FP8=kv == f8, DOT_F32=False, HEAD_D=HEAD_D, QH=16),
+            op="paged_decode", tiles=("BLOCK_N",), dot=True))
+    out.append(Variant("paged_reduce", paged_reduce_kernel, dict(
+        po_ptr="*fp32:16", pm_ptr="*fp32:16", pl_ptr="*fp32:16", o_ptr="*bf16:16", num_splits="i32",
+        stride_pob="i32:16", stride_poh="i32:16", stride_pos="i32:16", stride_pmb="i32", stride_pmh="i32",
+        stride_ob="i32:16", stride_oh="i32:16", SPLITS=16, HEAD_D=HEAD_D)))
+    return out
+
+
+def _matches(shape: dict, flt: dict) -> bool:
+    for k, v in flt.items():
+        if k.endswith("!"):
+            if shape.get(k[:-1]) == v:
+                return False
+        elif shape.get(k) != v:
+            return False
+    return True
+
+
+def configs_for(v: Variant, arch: str) -> list[tuple[str, configs.TileConfig | None, str]]:
+    """[(label, config, source)]: the arch default first, then each distinct tuned config for devices
+    of this arch's family (the tuned files say which device; gfx942 and gfx950 both read AMD files
+    whose device has that arch)."""
+    if v.op is None:
+        return [("fixed", None, "fixed")]
+    default = configs.default_config(v.op, arch)
+    out = [(default.label(), default, "default")]
+    seen = {default}
+    from amd_llama4.platform import DEVICE_SPECS
+    archs = {s.name: s.arch for s in DEVICE_SPECS.values()}
+    for table in configs.all_tuned(configs.family(arch)):
+        if table["op"] != v.op or archs.get(table["device"]) != arch or not _matches(table["shape"], v.shape_filter):
+            continue
+        for cfg in table["_parsed"].values():
+            if cfg not in seen:
+                seen.add(cfg)
+                out.append((cfg.label(), cfg, f"tuned:{table['device']}:{table.get('source', '?')}"))
+    return out
+
+
+def compile_args(v: Variant, cfg: configs.TileConfig | None) -> tuple[dict, dict, dict]:
+    """-> (signature, constexprs, attrs) for triton.compiler.ASTSource."""
+    args = dict(v.args)
+    if cfg is not None:
+        for t in v.tiles:
+            args[t] = getattr(cfg, t)
+    names = v.fn.arg_names
+    missing = set(names) - set(args)
+    if missing:
+        raise ValueError(f"catalog {v.kernel}: arguments without a type or value: {sorted(missing)}")
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        a = args[name]
+        if isinstance(a, str):
+            t, _, hint = a.partition(":")
+            signature[name] = t
+            if hint == "16":
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "constexpr"
+            constexprs[name] = a
+    return signature, constexprs, attrs
