@@ -51,6 +51,7 @@ class Llama4Config:
     bos_token_id: int | None = 200000
     eos_token_id: int | list[int] | None = field(default_factory=lambda: [200001, 200007, 200008])
     pad_token_id: int | None = 200018
+    quantization_config: dict | None = None  # a pre-quantised checkpoint's, as in its config.json
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -104,7 +105,7 @@ class Llama4Config:
         if "text_config" in d:
             outer = d
             d = dict(d["text_config"])
-            for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+            for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "quantization_config"):
                 if k not in d and k in outer:
                     d[k] = outer[k]
         d = dict(d)
@@ -146,6 +147,8 @@ class Llama4Config:
         d = dataclasses.asdict(self)
         rs = d.pop("rope_scaling")
         d["rope_scaling"] = None if rs is None else {"rope_type": "llama3", **rs}
+        if d["quantization_config"] is None:
+            del d["quantization_config"]
         d["model_type"] = "llama4_text"
         d["architectures"] = ["Llama4ForCausalLM"]
         return d

@@ -51,13 +51,15 @@ class SeqBlocks:
 class KVCache:
     """Cache tensors per layer kind, [layers_of_kind, num_blocks * block_size, Hkv, D], plus allocators.
 
-    kv_cache_dtype "fp8" stores float8 with one fp32 scale per layer and K/V, computed from the first
-    write with headroom and applied with saturation afterwards (never NaN/inf)."""
+    kv_cache_dtype "fp8" stores float8 with fp32 scales per layer, K/V and KV head: loaded from the
+    checkpoint (`self_attn.k_scale` / `v_scale`, per tensor or per head) or computed from the first
+    write with headroom, then applied with saturation (never NaN/inf)."""
 
     FP8_HEADROOM = 4.0
 
     def __init__(self, cfg: Llama4Config, num_blocks: int, block_size: int, dtype: torch.dtype,
-                 device: torch.device | str, kv_cache_dtype: str = "auto", fp8_format: str = "e4m3fn"):
+                 device: torch.device | str, kv_cache_dtype: str = "auto", fp8_format: str = "e4m3fn",
+                 kv_scales: dict[int, dict[str, torch.Tensor]] | None = None):
         self.cfg, self.block_size, self.dtype = cfg, block_size, dtype
         self.chunk = cfg.attention_chunk_size
         layer_kind = ["chunked" if (cfg.uses_rope(i) and self.chunk) else "global"
@@ -77,8 +79,13 @@ class KVCache:
         shape = lambda k: (counts[k], num_blocks * block_size, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
         self.k = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
         self.v = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
-        # fp8: per-layer scales for K and V, 0 = not yet calibrated
-        self.scales = torch.zeros(cfg.num_hidden_layers, 2, dtype=torch.float32)
+        # fp8: scales [layer, K|V, kv head]; 0 = not yet calibrated
+        self.scales = torch.zeros(cfg.num_hidden_layers, 2, cfg.num_key_value_heads, dtype=torch.float32)
+        for layer, kv in (kv_scales or {}).items():
+            for which, name in ((0, "k"), (1, "v")):
+                if name in kv:
+                    self.scales[layer, which] = kv[name].float().expand(cfg.num_key_value_heads)
+        self.scales = self.scales.to(device)
         self.allocators = {k: BlockAllocator(num_blocks) for k in self.kinds}
 
     # -- block bookkeeping (scheduler side) ---------------------------------------------------
@@ -158,13 +165,15 @@ class KVCache:
         else:
             k, v = self.k[kind][li][slots], self.v[kind][li][slots]
         if self.fp8:
-            s = self.scales[layer]
+            s = self.scales[layer][:, :, None]  # [2, Hkv, 1] against [..., Hkv, D]
             return (k.float() * s[0]).to(self.dtype), (v.float() * s[1]).to(self.dtype)
         return k, v
 
     def _quantize(self, layer: int, which: int, x: torch.Tensor) -> torch.Tensor:
-        if self.scales[layer, which] == 0:
-            amax = float(x.abs().max()) if x.numel() else 0.0
-            self.scales[layer, which] = max(amax * self.FP8_HEADROOM, 1e-6) / self.fp8_max
-        s = float(self.scales[layer, which])
-        return (x.float() / s).clamp(-self.fp8_max, self.fp8_max)
+        # x: [N, Hkv, D]
+        s = self.scales[layer, which]
+        if x.numel() and bool((s == 0).any()):
+            amax = x.float().abs().amax(dim=(0, 2))
+            fresh = torch.clamp(amax * self.FP8_HEADROOM, min=1e-6) / self.fp8_max
+            s.copy_(torch.where(s == 0, fresh, s))
+        return (x.float() / s[:, None]).clamp(-self.fp8_max, self.fp8_max)

@@ -85,7 +85,7 @@ class LLMEngine:
 
             fmt = fp8_format()
         self.cache = KVCache(cfg, blocks, args.block_size, self.dtype, args.device, args.kv_cache_dtype,
-                             fmt or "e4m3fn")
+                             fmt or "e4m3fn", getattr(self.model, "kv_scales", None))
         self.scheduler = Scheduler(self.cache, args.max_num_seqs,
                                    args.max_num_batched_tokens or max(2048, args.block_size))
         self.runner = ModelRunner(self.model, self.cache, args.device)

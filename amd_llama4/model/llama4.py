@@ -55,6 +55,9 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden, 2 * inter))  # [E, H, 2I]
         self.down_proj = nn.Parameter(torch.empty(num_experts, inter, hidden))  # [E, I, H]
 
+    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        return ops.fused_moe(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids)
+
 
 class MoE(nn.Module):
     """Sigmoid top-k router + sparse routed experts (weight on the input) + shared expert."""
@@ -70,7 +73,7 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [T, H]
         weights, ids = ops.moe_topk_sigmoid(self.router(x), self.top_k)  # [T, k] fp32, int32
-        routed = ops.fused_moe(x, self.experts.gate_up_proj, self.experts.down_proj, weights, ids)
+        routed = self.experts(x, weights, ids)  # Experts or quant.fp8.FP8Experts
         return (self.shared_expert(x) + routed).view(shape)
 
 

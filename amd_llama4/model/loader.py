@@ -14,22 +14,38 @@ import sys
 
 import torch
 
-from amd_llama4.config import PRESETS, Llama4Config, preset
+from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, preset
 from amd_llama4.model.llama4 import Llama4ForCausalLM
 from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError
 
 _PREFIXES = ("", "language_model.")
 # Tensors of other modalities in multimodal checkpoints: present, legitimately unused here.
 _OTHER_MODALITIES = ("vision_model.", "multi_modal_projector.")
-_FUSED = re.compile(r"(.*\.feed_forward\.experts)\.(gate_up_proj|down_proj)$")
+_FUSED = re.compile(r"(.*\.feed_forward\.experts)\.(gate_up_proj|down_proj)(_scale)?$")
+# FP8 KV-cache scales some checkpoints carry (per tensor or per KV head).
+_KV_SCALE = re.compile(r"model\.layers\.(\d+)\.self_attn\.(?:attn\.)?([kv])_scale$")
+_FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 
 
-def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-                ) -> Llama4ForCausalLM:
-    """An uninitialised model on `device` (built on the meta device: no wasted init)."""
+def _bytes_op(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """cat/stack/transpose for float8 too (no CPU kernels for them): operate on the raw bytes."""
+    if tensors[0].dtype in _FP8:
+        return fn([t.view(torch.uint8) for t in tensors]).view(tensors[0].dtype)
+    return fn(tensors)
+
+
+def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                fp8: tuple[QuantConfig, str] | None = None) -> Llama4ForCausalLM:
+    """An uninitialised model on `device` (built on the meta device: no wasted init). With `fp8`
+    (QuantConfig, stored format): FP8 modules where a pre-quantised checkpoint has fp8 tensors."""
     with torch.device("meta"):
         model = Llama4ForCausalLM(cfg)
-    return model.to(dtype).to_empty(device=device).eval()
+    model = model.to(dtype)
+    if fp8 is not None:
+        from amd_llama4.quant.fp8 import fp8_skeleton
+
+        fp8_skeleton(model, fp8[0], fp8[1])
+    return model.to_empty(device=device).eval()
 
 
 class _Resolver:
@@ -41,8 +57,9 @@ class _Resolver:
 
     def _find(self, name: str) -> str | None:
         for p in _PREFIXES:
-            if p + name in self.ckpt:
-                return p + name
+            for n in (name, name + "_inv") if name.endswith(".weight_scale") else (name,):
+                if p + n in self.ckpt:  # HF fine-grained FP8 calls block scales `weight_scale_inv`
+                    return p + n
         return None
 
     def where(self, name: str) -> str:
@@ -51,13 +68,14 @@ class _Resolver:
         return self.ckpt.tensors[src].file if src else ""
 
     def _per_expert_names(self, name: str) -> list[list[str]]:
-        base, kind = _FUSED.match(name).groups()
+        base, kind, scale = _FUSED.match(name).groups()
         parts = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
+        suffix = "weight_scale" if scale else "weight"
         out, i = [], 0
-        while self._find(f"{base}.{i}.{parts[0]}.weight"):
-            out.append([f"{base}.{i}.{p}.weight" for p in parts])
+        while self._find(f"{base}.{i}.{parts[0]}.{suffix}"):
+            out.append([f"{base}.{i}.{p}.{suffix}" for p in parts])
             i += 1
-        return out or [[f"{base}.0.{p}.weight" for p in parts]]
+        return out or [[f"{base}.0.{p}.{suffix}" for p in parts]]
 
     def _read(self, name: str) -> torch.Tensor:
         src = self._find(name)
@@ -70,7 +88,10 @@ class _Resolver:
         elif _FUSED.match(name) and self._find(self._per_expert_names(name)[0][0]) is not None:
             groups = self._per_expert_names(name)
             # per-expert [out, in] -> fused input-major: gate_up [E, H, 2I], down [E, I, H]
-            t = torch.stack([torch.cat([self._read(n).t() for n in g], dim=1) for g in groups])
+            # (per-channel scales [out, 1] -> [E, 1, out] by the same transform)
+            t = _bytes_op(torch.stack, [_bytes_op(lambda ts: torch.cat(ts, dim=1),
+                                                  [_bytes_op(lambda ts: ts[0].t(), [self._read(n)]) for n in g])
+                                        for g in groups])
             src = f"{groups[0][0]} .. {groups[-1][-1]}"
         else:
             raise CheckpointError(f"{self.ckpt.folder}: missing tensor {name!r} (also looked for "
@@ -79,6 +100,15 @@ class _Resolver:
             file = self.ckpt.tensors[self._find(name) or self._find(src.split(' ')[0])].file
             raise CheckpointError(f"{file}: tensor {src!r} has shape {list(t.shape)}, expected {list(expect)}")
         return t
+
+    def kv_scales(self) -> dict[int, dict[str, torch.Tensor]]:
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for n in self.ckpt.tensors:
+            m = _KV_SCALE.fullmatch(n.removeprefix("language_model."))
+            if m:
+                self.used.add(n)
+                out.setdefault(int(m.group(1)), {})[m.group(2)] = self.ckpt.get(n).float().reshape(-1)
+        return out
 
     def unexpected(self) -> list[str]:
         return sorted(n for n in self.ckpt.tensors
@@ -100,9 +130,14 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
         for f in files:
             for n in by_file[f]:
                 p = params[n]
-                p.copy_(res.load(n, p.shape).to(p.dtype))
+                t = res.load(n, p.shape)
+                if p.dtype in _FP8 and t.dtype != p.dtype:
+                    raise CheckpointError(f"{res.ckpt.tensors[res._find(n)].file if res._find(n) else folder}: "
+                                          f"tensor {n!r} is {t.dtype}, expected {p.dtype}")
+                p.copy_(t if p.dtype in _FP8 else t.to(p.dtype))
             bar.update(1)
     bar.close()
+    model.kv_scales = res.kv_scales()
     extra = res.unexpected()
     if extra:
         info = ckpt.tensors[extra[0]]
@@ -131,15 +166,32 @@ def _bar(total: int, enabled: bool):
 
 
 def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> Llama4ForCausalLM:
+               device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+               quantization: str | QuantConfig | None = None) -> Llama4ForCausalLM:
     """A preset name ('tiny-scout', ...) builds random weights from `seed`; a folder loads its
-    config.json and safetensors weights."""
+    config.json and safetensors weights. quantization="fp8" (or a QuantConfig) quantises online;
+    a checkpoint whose config.json has a quantization_config loads pre-quantised, its fp8 converted
+    to the platform's format (e4m3fn -> e4m3fnuz on MI300)."""
+    from amd_llama4.quant.fp8 import convert_model_format, parse_quantization_config, quantize_model, resolve_format
+
+    q = QuantConfig(method="fp8") if quantization == "fp8" else quantization
+    if q is not None and not isinstance(q, QuantConfig):
+        raise ValueError(f"quantization={quantization!r}: expected None, 'fp8' or a QuantConfig")
     p = os.fspath(path_or_preset)
     if p in PRESETS and not os.path.isdir(p):
         cfg = preset(p)
         model = build_model(cfg, torch.float32, "cpu").init_random(seed)
-        return model.to(device=device, dtype=dtype).eval()
-    if not os.path.isdir(p):
+        model = model.to(device=device, dtype=dtype).eval()
+    elif not os.path.isdir(p):
         raise FileNotFoundError(f"{p!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
-    cfg = Llama4Config.from_pretrained(p)
-    return load_checkpoint(build_model(cfg, dtype, device), p, progress)
+    else:
+        cfg = Llama4Config.from_pretrained(p)
+        pre = parse_quantization_config(cfg.quantization_config)
+        model = load_checkpoint(build_model(cfg, dtype, device, pre), p, progress)
+        if pre is not None:
+            target = resolve_format(q or pre[0])
+            convert_model_format(model, target)
+            return model
+    if q is not None and q.method == "fp8":
+        quantize_model(model, q)
+    return model
