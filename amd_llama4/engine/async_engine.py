@@ -26,6 +26,7 @@ class AsyncEngine:
         self.model_name = model_name or engine.args.model
         self.max_model_len = engine.max_model_len
         self.tokenizer = engine.tokenizer
+        self.vocab_size = engine.config.vocab_size
         self._commands: queue.Queue = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()

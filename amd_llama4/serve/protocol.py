@@ -1,0 +1,393 @@
+"""OpenAI-compatible request/response models (pydantic v2) and their mapping to SamplingParams.
+
+Field constraints live in the models so the OpenAPI schema documents them; checks that need the
+engine (vocab size, max_model_len, served model name) happen in `serve/app.py`."""
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from amd_llama4.engine.sampling_params import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, SamplingParams
+
+MAX_STOP_STRING_CHARS = 512
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's own limit
+INT64_MAX = 2**63 - 1
+
+
+class APIError(Exception):
+    """An error that becomes an OpenAI-format JSON body with `status`."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored (clients add vendor fields); unsupported known ones are rejected below.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors and shared pieces
+
+
+class ErrorInfo(_Strict):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(_Strict):
+    error: ErrorInfo
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class UsageInfo(_Strict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class _SamplingFields(_Model):
+    """Fields shared by /v1/completions and /v1/chat/completions (OpenAI + vLLM extras)."""
+
+    model: str | None = Field(None, max_length=1024, description="must be the served model; None = it")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, le=1_000_000, description="-1 or 0 = off")
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    seed: int | None = Field(None, ge=-(2**63), le=INT64_MAX)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    ignore_eos: bool | None = False
+    min_tokens: int | None = Field(None, ge=0, le=INT64_MAX)
+    skip_special_tokens: bool | None = True
+    include_stop_str_in_output: bool | None = False
+    logit_bias: dict[str, float] | None = Field(None, description="token id -> bias in [-100, 100]")
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"{len(stops)} stop strings; at most {MAX_STOP_STRINGS}")
+        for s in stops:
+            if not s:
+                raise ValueError("stop strings must be non-empty")
+            if len(s) > MAX_STOP_STRING_CHARS:
+                raise ValueError(f"stop strings must be at most {MAX_STOP_STRING_CHARS} characters")
+        return v
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _check_stop_ids(cls, v: list[int] | None) -> list[int] | None:
+        if v and any(t < 0 or t > INT64_MAX for t in v):
+            raise ValueError("stop_token_ids must be non-negative token ids")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return v
+        if len(v) > MAX_LOGIT_BIAS_ENTRIES:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+        for key, bias in v.items():
+            if not key.isdigit() or len(key) > 18:
+                raise ValueError(f"key {key[:32]!r} is not a token id (a non-negative integer)")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias {bias} for token {key} not in [-100, 100]")
+        return v
+
+    @model_validator(mode="after")
+    def _check_stream_options(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream=true")
+        return self
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """Raises APIError(400) for combinations SamplingParams rejects."""
+        kwargs: dict[str, Any] = dict(
+            n=1,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=self.top_k or 0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            min_p=self.min_p or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            seed=self.seed,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens or 0,
+            stop=self.stop_list(),
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=bool(self.ignore_eos),
+            logprobs=logprobs,
+            skip_special_tokens=True if self.skip_special_tokens is None else self.skip_special_tokens,
+            include_stop_str_in_output=bool(self.include_stop_str_in_output),
+        )
+        if self.logit_bias:
+            if "logit_bias" not in {f.name for f in dataclasses.fields(SamplingParams)}:
+                raise bad_request("logit_bias is not supported by this server", "logit_bias", "unsupported")
+            kwargs["logit_bias"] = {int(k): float(b) for k, b in self.logit_bias.items()}
+        try:
+            return SamplingParams(**kwargs)
+        except ValueError as e:  # e.g. min_tokens > max_tokens
+            msg = str(e).removeprefix("SamplingParams.")
+            raise bad_request(msg, msg.split(":", 1)[0]) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# /v1/completions
+
+PromptType = str | list[int] | list[str] | list[list[int]]
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: PromptType = Field(..., description="a string or token ids, or a list holding one of those")
+    max_tokens: int | None = Field(16, ge=1, le=INT64_MAX)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool | None = Field(False, description="only false is supported")
+    best_of: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    suffix: str | None = Field(None, max_length=0, description="not supported")
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, v: PromptType) -> PromptType:
+        if isinstance(v, list) and v and isinstance(v[0], (str, list)):
+            if len(v) != 1:
+                raise ValueError(f"a batch of {len(v)} prompts; this server takes one prompt per request")
+            v = v[0]
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("the prompt is empty")
+            if any(t < 0 or t > INT64_MAX for t in v):
+                raise ValueError("token ids must be non-negative")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _check_echo(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("echo=true is not supported")
+        return v
+
+
+class CompletionLogprobs(_Strict):
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+
+
+class CompletionChoice(_Strict):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class CompletionResponse(_Strict):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class CompletionStreamResponse(CompletionResponse):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# /v1/chat/completions
+
+
+class ContentPart(_Model):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Model):
+    role: Literal["system", "developer", "user", "assistant", "tool", "ipython"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=256)
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """Flattens text parts; other part types (images, audio) are not supported."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        out = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise bad_request(f"content part type {part.type[:32]!r} is not supported (text only)",
+                                  "messages", "unsupported")
+            out.append(part.text)
+        return "".join(out)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX, description="deprecated alias")
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Accepted only in their "off" forms; anything else is an explicit 400, not a silent ignore.
+    tools: list[Any] | None = None
+    tool_choice: Any | None = None
+    functions: list[Any] | None = None
+    function_call: Any | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_unsupported(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs=true")
+        if self.tools or self.functions:
+            raise ValueError("tools/functions are not supported by this server")
+        if self.tool_choice not in (None, "none", "auto") or self.function_call not in (None, "none", "auto"):
+            raise ValueError("tool_choice/function_call are not supported by this server")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError("response_format other than {'type': 'text'} is not supported")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        out = []
+        for m in self.messages:
+            d: dict[str, Any] = {"role": m.role, "content": m.text()}
+            if m.name is not None:
+                d["name"] = m.name
+            if m.tool_call_id is not None:
+                d["tool_call_id"] = m.tool_call_id
+            out.append(d)
+        return out
+
+
+class TopLogprob(_Strict):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(_Strict):
+    content: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(_Strict):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(_Strict):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+class ChatCompletionResponse(_Strict):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo | None = None
+
+
+class DeltaMessage(_Strict):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatStreamChoice(_Strict):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionStreamResponse(_Strict):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: UsageInfo | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# /v1/models and /health
+
+
+class ModelCard(_Strict):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "amd-llama4"
+    max_model_len: int | None = None
+
+
+class ModelList(_Strict):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class HealthResponse(_Strict):
+    status: str
+    detail: str | None = None
