@@ -87,6 +87,7 @@ class AsyncEngine:
         self._commands.put(("stop",))
         self._wake.set()
         self._thread.join(timeout=10)
+        self.engine.shutdown()
 
     # -- engine thread --------------------------------------------------------------------------------
     def _send(self, request_id: str, item) -> None:

@@ -59,7 +59,10 @@ class KVCache:
 
     def __init__(self, cfg: Llama4Config, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str, kv_cache_dtype: str = "auto", fp8_format: str = "e4m3fn",
-                 kv_scales: dict[int, dict[str, torch.Tensor]] | None = None):
+                 kv_scales: dict[int, dict[str, torch.Tensor]] | None = None, kv_heads: tuple[int, int] | None = None,
+                 allocate: bool = True):
+        """kv_heads: (first, count) of the KV heads this tensor-parallel rank holds (default: all).
+        allocate=False: block bookkeeping only (the driver of tensor-parallel workers)."""
         self.cfg, self.block_size, self.dtype = cfg, block_size, dtype
         self.chunk = cfg.attention_chunk_size
         layer_kind = ["chunked" if (cfg.uses_rope(i) and self.chunk) else "global"
@@ -76,15 +79,19 @@ class KVCache:
 
         self.store_dtype = torch_fp8_dtype(fp8_format) if self.fp8 else dtype
         self.fp8_max = FP8_MAX[fp8_format] if self.fp8 else None
-        shape = lambda k: (counts[k], num_blocks * block_size, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
+        h0, nh = kv_heads or (0, cfg.num_key_value_heads)
+        self.num_kv_heads = nh
+        shape = lambda k: (counts[k] if allocate else 0, num_blocks * block_size, nh, cfg.head_dim)  # noqa: E731
         self.k = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
         self.v = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
         # fp8: scales [layer, K|V, kv head]; 0 = not yet calibrated
-        self.scales = torch.zeros(cfg.num_hidden_layers, 2, cfg.num_key_value_heads, dtype=torch.float32)
+        self.scales = torch.zeros(cfg.num_hidden_layers, 2, nh, dtype=torch.float32)
         for layer, kv in (kv_scales or {}).items():
             for which, name in ((0, "k"), (1, "v")):
                 if name in kv:
-                    self.scales[layer, which] = kv[name].float().expand(cfg.num_key_value_heads)
+                    full = kv[name].float().reshape(-1).expand(cfg.num_key_value_heads) if kv[name].numel() == 1 \
+                        else kv[name].float().reshape(-1)
+                    self.scales[layer, which] = full[h0:h0 + nh]
         self.scales = self.scales.to(device)
         self.allocators = {k: BlockAllocator(num_blocks) for k in self.kinds}
 
@@ -133,7 +140,7 @@ class KVCache:
         return {"kv_blocks_used": used, "kv_blocks_total": total, "kv_usage": used / max(total, 1)}
 
     def bytes_per_block(self) -> int:
-        per_layer = 2 * self.block_size * self.cfg.num_key_value_heads * self.cfg.head_dim
+        per_layer = 2 * self.block_size * self.num_kv_heads * self.cfg.head_dim
         return per_layer * self.cfg.num_hidden_layers * torch.empty(0, dtype=self.store_dtype).element_size()
 
     # -- slot maps (runner side) ----------------------------------------------------------------

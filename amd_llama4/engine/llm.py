@@ -17,6 +17,10 @@ class LLM:
         self.engine = LLMEngine(EngineArgs(model=str(model), **kwargs))
         self._ids = itertools.count()
 
+    def shutdown(self) -> None:
+        """Stops tensor-parallel workers (no-op for tp=1)."""
+        self.engine.shutdown()
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer

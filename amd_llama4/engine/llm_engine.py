@@ -51,8 +51,14 @@ class EngineArgs:
             raise ValueError(f"block_size {self.block_size} must be >= 1")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs {self.max_num_seqs} must be >= 1")
-        if self.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not supported yet (see the Ray Serve issue)")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} must be >= 1")
+
+
+def _config_of(model: str):
+    from amd_llama4.config import PRESETS, Llama4Config, preset
+
+    return preset(model) if model in PRESETS and not os.path.isdir(model) else Llama4Config.from_pretrained(model)
 
 
 @dataclass
@@ -72,9 +78,14 @@ class LLMEngine:
 
         self.args = args
         self.dtype = parse_dtype(args.dtype)
-        self.model = model if model is not None else load_model(args.model, dtype=self.dtype, device=args.device,
-                                                                 progress=False)
-        cfg = self.config = self.model.config
+        self.parallel = args.tensor_parallel_size > 1
+        if self.parallel:  # the workers hold the model; this process schedules
+            self.model = None
+            cfg = self.config = _config_of(args.model)
+        else:
+            self.model = model if model is not None else load_model(
+                args.model, dtype=self.dtype, device=args.device, quantization=args.quantization, progress=False)
+            cfg = self.config = self.model.config
         self.max_model_len = min(args.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.tokenizer = self._load_tokenizer(args.tokenizer or args.model)
         self.eos_ids = (self.tokenizer.eos_token_ids if self.tokenizer is not None else cfg.eos_token_ids)
@@ -85,10 +96,17 @@ class LLMEngine:
 
             fmt = fp8_format()
         self.cache = KVCache(cfg, blocks, args.block_size, self.dtype, args.device, args.kv_cache_dtype,
-                             fmt or "e4m3fn", getattr(self.model, "kv_scales", None))
+                             fmt or "e4m3fn", getattr(self.model, "kv_scales", None), allocate=not self.parallel)
         self.scheduler = Scheduler(self.cache, args.max_num_seqs,
                                    args.max_num_batched_tokens or max(2048, args.block_size))
-        self.runner = ModelRunner(self.model, self.cache, args.device)
+        if self.parallel:
+            from dataclasses import asdict
+
+            from amd_llama4.parallel.executor import RayExecutor
+
+            self.runner = RayExecutor(asdict(args), blocks, args.tensor_parallel_size)
+        else:
+            self.runner = ModelRunner(self.model, self.cache, args.device)
         self.sampler = Sampler()
         self._requests: dict[str, Sequence] = {}
 
@@ -148,6 +166,10 @@ class LLMEngine:
         self.scheduler.finish(seq)
         seq.state.finish_reason = "abort"
         return self._output(seq)
+
+    def shutdown(self) -> None:
+        if self.parallel:
+            self.runner.shutdown()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()

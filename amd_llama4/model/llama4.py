@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from amd_llama4 import ops
 from amd_llama4.config import Llama4Config
+from amd_llama4.parallel.tp import SINGLE, Parallel, check_parallel, local_shapes
 
 
 class KVCache(Protocol):
@@ -35,16 +36,20 @@ class RMSNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)). The dense FFN and the MoE shared expert."""
+    """SwiGLU: down(silu(gate(x)) * up(x)). The dense FFN and the MoE shared expert.
+    Under tensor parallelism `inter` is this rank's slice and the output a partial sum, reduced here
+    for the dense FFN (`par`) and by the MoE layer for the shared expert (par=None)."""
 
-    def __init__(self, hidden: int, inter: int):
+    def __init__(self, hidden: int, inter: int, par: Parallel | None = None):
         super().__init__()
+        self.par = par
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
         self.up_proj = nn.Linear(hidden, inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        out = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.par.all_reduce(out) if self.par is not None else out
 
 
 class Experts(nn.Module):
@@ -62,26 +67,42 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """Sigmoid top-k router + sparse routed experts (weight on the input) + shared expert."""
 
-    def __init__(self, cfg: Llama4Config):
+    def __init__(self, cfg: Llama4Config, par: Parallel = SINGLE):
         super().__init__()
-        self.top_k = cfg.num_experts_per_tok
+        s = local_shapes(cfg, par)
+        self.par, self.top_k = par, cfg.num_experts_per_tok
+        self.expert_range = (s.expert_start, s.expert_start + s.num_experts)
         self.router = nn.Linear(cfg.hidden_size, cfg.num_local_experts, bias=False)
-        self.experts = Experts(cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size)
-        self.shared_expert = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.experts = Experts(s.num_experts, cfg.hidden_size, s.expert_inter)
+        self.shared_expert = MLP(cfg.hidden_size, s.inter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [T, H]
         weights, ids = ops.moe_topk_sigmoid(self.router(x), self.top_k)  # [T, k] fp32, int32
-        routed = self.experts(x, weights, ids)  # Experts or quant.fp8.FP8Experts
-        return (self.shared_expert(x) + routed).view(shape)
+        out = self.shared_expert(x)
+        if self.par.expert_parallel and self.par.enabled:
+            out = out.index_add_(0, *self._local_experts(x, weights, ids))
+        else:
+            out = out + self.experts(x, weights, ids)  # Experts or quant.fp8.FP8Experts
+        return self.par.all_reduce(out).view(shape)
+
+    def _local_experts(self, x, weights, ids):
+        """Expert parallel: only the (token, slot) pairs routed to this rank's experts, one row each
+        (exact, since each pair's contribution is independent) -> (token index, partial output)."""
+        lo, hi = self.expert_range
+        pair = ((ids >= lo) & (ids < hi)).nonzero()  # [n, 2] (token, slot)
+        tok, slot = pair[:, 0], pair[:, 1]
+        local_ids = (ids[tok, slot] - lo).to(torch.int32)[:, None]
+        return tok, self.experts(x.index_select(0, tok), weights[tok, slot][:, None], local_ids)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Llama4Config, layer: int):
+    def __init__(self, cfg: Llama4Config, layer: int, par: Parallel = SINGLE):
         super().__init__()
-        self.layer = layer
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        s = local_shapes(cfg, par)
+        self.layer, self.par = layer, par
+        self.n_heads, self.n_kv, self.head_dim = s.n_heads, s.n_kv_heads, cfg.head_dim
         self.use_rope = cfg.uses_rope(layer)
         # RoPE layers are chunked-local; NoPE layers see the whole causal context.
         self.chunk_size = cfg.attention_chunk_size if self.use_rope else None
@@ -115,14 +136,15 @@ class Attention(nn.Module):
         else:
             k_all, v_all, k_pos = cache.update(self.layer, k, v, positions)
         out = ops.attention(q, k_all, v_all, positions, k_pos, self.scale, self.chunk_size)
-        return self.o_proj(out.reshape(B, S, -1))
+        return self.par.all_reduce(self.o_proj(out.reshape(B, S, -1)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Llama4Config, layer: int):
+    def __init__(self, cfg: Llama4Config, layer: int, par: Parallel = SINGLE):
         super().__init__()
-        self.self_attn = Attention(cfg, layer)
-        self.feed_forward = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.hidden_size, cfg.intermediate_size_mlp)
+        self.self_attn = Attention(cfg, layer, par)
+        self.feed_forward = (MoE(cfg, par) if cfg.is_moe_layer(layer)
+                             else MLP(cfg.hidden_size, local_shapes(cfg, par).inter_mlp, par))
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -132,10 +154,10 @@ class DecoderLayer(nn.Module):
 
 
 class Llama4TextModel(nn.Module):
-    def __init__(self, cfg: Llama4Config):
+    def __init__(self, cfg: Llama4Config, par: Parallel = SINGLE):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, par) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         # fp32 on purpose and not a buffer, so model.to(bf16) cannot round the frequencies.
         self.inv_freq = ops.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -152,10 +174,11 @@ class Llama4TextModel(nn.Module):
 
 
 class Llama4ForCausalLM(nn.Module):
-    def __init__(self, cfg: Llama4Config):
+    def __init__(self, cfg: Llama4Config, par: Parallel = SINGLE):
         super().__init__()
-        self.config = cfg
-        self.model = Llama4TextModel(cfg)
+        check_parallel(cfg, par)
+        self.config, self.parallel = cfg, par
+        self.model = Llama4TextModel(cfg, par)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

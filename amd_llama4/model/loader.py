@@ -17,6 +17,7 @@ import torch
 from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, preset
 from amd_llama4.model.llama4 import Llama4ForCausalLM
 from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError
+from amd_llama4.parallel.tp import SINGLE, Parallel
 
 _PREFIXES = ("", "language_model.")
 # Tensors of other modalities in multimodal checkpoints: present, legitimately unused here.
@@ -35,11 +36,11 @@ def _bytes_op(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                fp8: tuple[QuantConfig, str] | None = None) -> Llama4ForCausalLM:
+                fp8: tuple[QuantConfig, str] | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
     """An uninitialised model on `device` (built on the meta device: no wasted init). With `fp8`
     (QuantConfig, stored format): FP8 modules where a pre-quantised checkpoint has fp8 tensors."""
     with torch.device("meta"):
-        model = Llama4ForCausalLM(cfg)
+        model = Llama4ForCausalLM(cfg, parallel)
     model = model.to(dtype)
     if fp8 is not None:
         from amd_llama4.quant.fp8 import fp8_skeleton
@@ -82,7 +83,16 @@ class _Resolver:
         self.used.add(src)
         return self.ckpt.get(src)
 
-    def load(self, name: str, expect: torch.Size) -> torch.Tensor:
+    def load(self, name: str, expect: torch.Size, shard=None) -> torch.Tensor:
+        """The full tensor `name` of shape `expect`, or only this rank's part of it (`shard`)."""
+        if self._find(name) is not None and shard is not None:  # read only the slice, lazily
+            src = self._find(name)
+            self.used.add(src)
+            lazy = self.ckpt.slice(src)
+            if tuple(lazy.get_shape()) != tuple(expect):
+                raise CheckpointError(f"{self.ckpt.tensors[src].file}: tensor {src!r} has shape "
+                                      f"{list(lazy.get_shape())}, expected {list(expect)}")
+            return shard(lazy)
         if self._find(name) is not None:
             t, src = self._read(name), self._find(name)
         elif _FUSED.match(name) and self._find(self._per_expert_names(name)[0][0]) is not None:
@@ -99,7 +109,7 @@ class _Resolver:
         if t.shape != expect:
             file = self.ckpt.tensors[self._find(name) or self._find(src.split(' ')[0])].file
             raise CheckpointError(f"{file}: tensor {src!r} has shape {list(t.shape)}, expected {list(expect)}")
-        return t
+        return shard(t) if shard is not None else t
 
     def kv_scales(self) -> dict[int, dict[str, torch.Tensor]]:
         out: dict[int, dict[str, torch.Tensor]] = {}
@@ -115,10 +125,28 @@ class _Resolver:
                       if n not in self.used and not any(n.startswith(p) for p in _OTHER_MODALITIES))
 
 
+def full_shapes(model: Llama4ForCausalLM) -> dict[str, torch.Size]:
+    """Parameter shapes of the unsharded model (what a checkpoint holds)."""
+    if not model.parallel.enabled:
+        return {n: p.shape for n, p in model.named_parameters()}
+    with torch.device("meta"):
+        full = Llama4ForCausalLM(model.config)
+    q = getattr(model, "quant_config", None)
+    if q is not None:
+        from amd_llama4.quant.fp8 import fp8_skeleton
+
+        fp8_skeleton(full, q, "e4m3fn")
+    return {n: p.shape for n, p in full.named_parameters()}
+
+
 def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True) -> Llama4ForCausalLM:
+    """Fill `model` from `folder`; a tensor-parallel rank reads only its slices (lazily, per tensor)."""
+    from amd_llama4.parallel.tp import shard_fn
+
     ckpt = Checkpoint(folder, progress=False)
     res = _Resolver(ckpt)
     params = dict(model.named_parameters())
+    shapes = full_shapes(model)
     tied = model.config.tie_word_embeddings
     names = [n for n in params if not (tied and n == "lm_head.weight")]
     by_file: dict[str, list[str]] = {}
@@ -130,7 +158,9 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
         for f in files:
             for n in by_file[f]:
                 p = params[n]
-                t = res.load(n, p.shape)
+                t = res.load(n, shapes[n], shard_fn(n, model.config, model.parallel))
+                if t.shape != p.shape:
+                    raise CheckpointError(f"{folder}: slice of {n!r} is {list(t.shape)}, rank expects {list(p.shape)}")
                 if p.dtype in _FP8 and t.dtype != p.dtype:
                     raise CheckpointError(f"{res.ckpt.tensors[res._find(n)].file if res._find(n) else folder}: "
                                           f"tensor {n!r} is {t.dtype}, expected {p.dtype}")
@@ -167,11 +197,11 @@ def _bar(total: int, enabled: bool):
 
 def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
-               quantization: str | QuantConfig | None = None) -> Llama4ForCausalLM:
+               quantization: str | QuantConfig | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
     """A preset name ('tiny-scout', ...) builds random weights from `seed`; a folder loads its
     config.json and safetensors weights. quantization="fp8" (or a QuantConfig) quantises online;
     a checkpoint whose config.json has a quantization_config loads pre-quantised, its fp8 converted
-    to the platform's format (e4m3fn -> e4m3fnuz on MI300)."""
+    to the platform's format (e4m3fn -> e4m3fnuz on MI300). `parallel`: this rank's slices only."""
     from amd_llama4.quant.fp8 import convert_model_format, parse_quantization_config, quantize_model, resolve_format
 
     q = QuantConfig(method="fp8") if quantization == "fp8" else quantization
@@ -180,18 +210,36 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.
     p = os.fspath(path_or_preset)
     if p in PRESETS and not os.path.isdir(p):
         cfg = preset(p)
-        model = build_model(cfg, torch.float32, "cpu").init_random(seed)
+        model = build_model(cfg, torch.float32, "cpu").init_random(seed)  # the same weights on every rank
+        if parallel.enabled:
+            model = _slice_model(model, parallel)
         model = model.to(device=device, dtype=dtype).eval()
     elif not os.path.isdir(p):
         raise FileNotFoundError(f"{p!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
     else:
         cfg = Llama4Config.from_pretrained(p)
         pre = parse_quantization_config(cfg.quantization_config)
-        model = load_checkpoint(build_model(cfg, dtype, device, pre), p, progress)
+        if parallel.enabled and ((pre and pre[0].weight_block) or (q and q.weight_block)):
+            raise ValueError("block-scaled FP8 with tensor parallelism is not supported yet")
+        model = load_checkpoint(build_model(cfg, dtype, device, pre, parallel), p, progress)
         if pre is not None:
             target = resolve_format(q or pre[0])
             convert_model_format(model, target)
             return model
     if q is not None and q.method == "fp8":
+        if parallel.enabled and q.weight_block:
+            raise ValueError("block-scaled FP8 with tensor parallelism is not supported yet")
         quantize_model(model, q)
     return model
+
+
+def _slice_model(full: Llama4ForCausalLM, parallel: Parallel) -> Llama4ForCausalLM:
+    from amd_llama4.parallel.tp import shard_fn
+
+    local = build_model(full.config, torch.float32, "cpu", parallel=parallel)
+    with torch.no_grad():
+        for n, p in local.named_parameters():
+            cut = shard_fn(n, full.config, parallel)
+            src = full.get_parameter(n)
+            p.copy_(cut(src) if cut is not None else src)
+    return local

@@ -48,7 +48,9 @@ def test_models_completion_and_chat(server):
     assert streamed == chat.choices[0].message.content
 
 
-def test_16_concurrent_streams_end_with_done(server):
+@pytest.mark.parametrize("clients", [16, 64])
+def test_concurrent_streams_end_with_done_and_free_kv(server, clients):
+    """Load test: every client gets its whole stream and [DONE]; nothing lost; KV back to idle."""
     async def one(client, i):
         body = {"model": "tiny-scout", "prompt": f"request {i}", "max_tokens": 16, "stream": True}
         lines = []
@@ -62,10 +64,12 @@ def test_16_concurrent_streams_end_with_done(server):
 
     async def main():
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(one(client, i) for i in range(16)))
+            return await asyncio.gather(*(one(client, i) for i in range(clients)))
 
-    results = run(main(), timeout=120)
-    assert len(results) == 16 and all(r for r in results)
+    results = run(main(), timeout=180)
+    assert len(results) == clients and all(r for r in results)
+    finished = [r[-1]["choices"][0]["finish_reason"] for r in results]
+    assert all(f in ("length", "stop") for f in finished)
     wait_until(lambda: server.engines[-1].stats()["kv_blocks_used"] == 0, timeout=10, what="KV freed")
 
 
