@@ -32,7 +32,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 serve: setup
-	$(VENV)/bin/amd-llama4 serve --model tiny-scout --tensor-parallel-size 1 --host 127.0.0.1 --port 8000
+	$(VENV)/bin/amd-llama4 serve --model tiny-scout --tensor-parallel-size 2 --host 127.0.0.1 --port 8000
 
 generate: setup
 	$(VENV)/bin/amd-llama4 generate --model tiny-scout --max-tokens 32 "Hello from MI300X"

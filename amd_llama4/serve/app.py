@@ -273,17 +273,8 @@ def build_app(engine_provider: Callable[[], Any] | EngineProvider, *, api_key: s
 
     @app.post("/v1/completions", responses=_responses(P.CompletionResponse))
     async def completions(request: Request, body: P.CompletionRequest) -> Response:
-        slot = state.admit()
-        try:
-            arrival = time.monotonic()
-            engine = await state.engine()
-            model = state.check_model(engine, body.model)
-            prompt_ids = await _tokenize_prompt(engine, body.prompt)
-            params = _params(engine, body, len(prompt_ids), body.max_tokens, body.logprobs)
-            gen = _start(state, engine, prompt_ids, params, P.random_id("cmpl"), arrival)
-        except BaseException:
-            slot.release()
-            raise
+        slot, engine, model, gen = await _begin(state, body, lambda e: _tokenize_prompt(e, body.prompt),
+                                                body.max_tokens, body.logprobs, "cmpl")
         text_of = TokenText(engine.tokenizer)
         created = int(time.time())
 
@@ -301,28 +292,18 @@ def build_app(engine_provider: Callable[[], Any] | EngineProvider, *, api_key: s
                                         usage=_usage(gen, out)).model_dump(mode="json")
 
         async def stream_chunks(first: Any) -> AsyncIterator[str]:
-            sent_text, sent_lps, out, last = 0, 0, first, first
+            last = first
             try:
-                while out is not None:
+                async for out, delta, new_lps, sent_text, finish in _deltas(gen, first):
                     last = out
-                    c = out.outputs[0] if out.outputs else None
-                    if c is not None:
-                        delta, finish = c.text[sent_text:], c.finish_reason
-                        new_lps = (c.logprobs or [])[sent_lps:]
-                        lps = (completion_logprobs(new_lps, text_of, sent_text)
-                               if body.logprobs is not None else None)
-                        if delta or finish or new_lps:
-                            chunk = {"id": gen.request_id, "object": "text_completion", "created": created,
-                                     "model": model, "choices": [choice(out, delta, lps, finish)]}
-                            if body.include_usage():
-                                chunk["usage"] = None
-                            yield _sse(chunk)
-                        sent_text, sent_lps = len(c.text), len(c.logprobs or [])
-                    if gen.done:
-                        break
-                    out = await gen.next()
-                if not _is_finished(last):
-                    raise APIError(500, "the engine ended the request without a result", type="server_error")
+                    lps = (completion_logprobs(new_lps, text_of, sent_text)
+                           if body.logprobs is not None else None)
+                    if delta or finish or new_lps:
+                        chunk = {"id": gen.request_id, "object": "text_completion", "created": created,
+                                 "model": model, "choices": [choice(out, delta, lps, finish)]}
+                        if body.include_usage():
+                            chunk["usage"] = None
+                        yield _sse(chunk)
                 if body.include_usage():
                     yield _sse({"id": gen.request_id, "object": "text_completion", "created": created,
                                 "model": model, "choices": [], "usage": _usage(gen, last)})
@@ -334,18 +315,9 @@ def build_app(engine_provider: Callable[[], Any] | EngineProvider, *, api_key: s
 
     @app.post("/v1/chat/completions", responses=_responses(P.ChatCompletionResponse))
     async def chat_completions(request: Request, body: P.ChatCompletionRequest) -> Response:
-        slot = state.admit()
-        try:
-            arrival = time.monotonic()
-            engine = await state.engine()
-            model = state.check_model(engine, body.model)
-            prompt_ids = await _tokenize_chat(engine, body.template_messages())
-            top = (body.top_logprobs or 0) if body.logprobs else None
-            params = _params(engine, body, len(prompt_ids), body.requested_max_tokens(), top)
-            gen = _start(state, engine, prompt_ids, params, P.random_id("chatcmpl"), arrival)
-        except BaseException:
-            slot.release()
-            raise
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        slot, engine, model, gen = await _begin(state, body, lambda e: _tokenize_chat(e, body.template_messages()),
+                                                body.requested_max_tokens(), top, "chatcmpl")
         text_of = TokenText(engine.tokenizer)
         created = int(time.time())
 
@@ -368,26 +340,16 @@ def build_app(engine_provider: Callable[[], Any] | EngineProvider, *, api_key: s
             return _sse(obj)
 
         async def stream_chunks(first: Any) -> AsyncIterator[str]:
-            sent_text, sent_lps, out, last = 0, 0, first, first
+            last = first
             try:
                 yield chunk({"role": "assistant", "content": ""}, None, None)
-                while out is not None:
+                async for out, delta, new_lps, _, finish in _deltas(gen, first):
                     last = out
-                    c = out.outputs[0] if out.outputs else None
-                    if c is not None:
-                        delta, finish = c.text[sent_text:], c.finish_reason
-                        new_lps = (c.logprobs or [])[sent_lps:]
-                        lps = chat_logprobs(new_lps, text_of) if body.logprobs else None
-                        if delta or new_lps:
-                            yield chunk({"content": delta}, lps, None)
-                        if finish:
-                            yield chunk({}, None, finish)
-                        sent_text, sent_lps = len(c.text), len(c.logprobs or [])
-                    if gen.done:
-                        break
-                    out = await gen.next()
-                if not _is_finished(last):
-                    raise APIError(500, "the engine ended the request without a result", type="server_error")
+                    lps = chat_logprobs(new_lps, text_of) if body.logprobs else None
+                    if delta or new_lps:
+                        yield chunk({"content": delta}, lps, None)
+                    if finish:
+                        yield chunk({}, None, finish)
                 if body.include_usage():
                     yield chunk({}, None, None, usage=_usage(gen, last), choices=False)
             except APIError as e:
@@ -397,6 +359,40 @@ def build_app(engine_provider: Callable[[], Any] | EngineProvider, *, api_key: s
         return await _respond(request, state, body, slot, gen, render_final, stream_chunks)
 
     return app
+
+
+async def _begin(state: _State, body: P._SamplingFields, tokenize: Callable[[Any], Any], requested: int | None,
+                 logprobs: int | None, id_prefix: str) -> tuple[_Slot, Any, str, Generation]:
+    """Admission, engine, model check, tokenisation and the engine request; the slot is released on
+    any failure before the request exists."""
+    slot = state.admit()
+    try:
+        arrival = time.monotonic()
+        engine = await state.engine()
+        model = state.check_model(engine, body.model)
+        prompt_ids = await tokenize(engine)
+        params = _params(engine, body, len(prompt_ids), requested, logprobs)
+        return slot, engine, model, _start(state, engine, prompt_ids, params, P.random_id(id_prefix), arrival)
+    except BaseException:
+        slot.release()
+        raise
+
+
+async def _deltas(gen: Generation, first: Any) -> AsyncIterator[tuple[Any, str, list, int, Any]]:
+    """(output, new text, new logprob entries, text length already sent, finish_reason) per engine
+    output, until the request is done; an unfinished end is a server error."""
+    sent_text, sent_lps, out, last = 0, 0, first, first
+    while out is not None:
+        last = out
+        c = out.outputs[0] if out.outputs else None
+        if c is not None:
+            yield out, c.text[sent_text:], (c.logprobs or [])[sent_lps:], sent_text, c.finish_reason
+            sent_text, sent_lps = len(c.text), len(c.logprobs or [])
+        if gen.done:
+            break
+        out = await gen.next()
+    if not _is_finished(last):
+        raise APIError(500, "the engine ended the request without a result", type="server_error")
 
 
 def _params(engine: Any, body: P._SamplingFields, prompt_len: int, requested: int | None,

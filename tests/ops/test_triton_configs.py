@@ -1,24 +1,10 @@
 """Tile configs as data: the shipped tuned JSON files parse, are marked, cover every device and the
 Scout/Maverick shapes; nearest-M lookup; the arch default when no file matches."""
-import os
 
 import pytest
-import torch
+from triton_env import require_triton
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-if DEV == "cpu":  # must precede the first import of triton in this process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-if os.environ.get("CI") == "true":
-    import triton  # noqa: F401  (CI installs triton: a missing one must fail)
-else:
-    pytest.importorskip("triton")
-from amd_llama4.ops.triton.kernels import interpreted  # noqa: E402
-
-if DEV == "cpu" and not interpreted():
-    msg = "triton was imported before TRITON_INTERPRET=1 was set (set it in the environment or tests/conftest.py)"
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(msg)
-    pytest.skip(msg, allow_module_level=True)
+DEV = require_triton()
 
 import json  # noqa: E402
 

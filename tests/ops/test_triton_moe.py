@@ -1,24 +1,11 @@
 """Triton MoE kernels (routing, per-token FP8 quantisation, fused MoE bf16/fp16/fp32 and FP8 w8a8) against
 the torch references. On CPU they run in the Triton interpreter; on a GPU, natively."""
-import os
 
 import pytest
 import torch
+from triton_env import require_triton
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-if DEV == "cpu":  # must precede the first import of triton in this process
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-if os.environ.get("CI") == "true":
-    import triton  # noqa: F401  (CI installs triton: a missing one must fail)
-else:
-    pytest.importorskip("triton")
-from amd_llama4.ops.triton.kernels import interpreted  # noqa: E402
-
-if DEV == "cpu" and not interpreted():
-    msg = "triton was imported before TRITON_INTERPRET=1 was set (set it in the environment or tests/conftest.py)"
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(msg)
-    pytest.skip(msg, allow_module_level=True)
+DEV = require_triton()
 
 from amd_llama4.ops import dispatch  # noqa: E402
 from amd_llama4.ops.fp8 import quantize_fp8  # noqa: E402
