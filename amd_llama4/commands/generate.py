@@ -9,6 +9,7 @@ def _engine_args(p) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    p.add_argument("--quantization", default=None, choices=["fp8"], help="online FP8 weights + activations")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -21,7 +22,7 @@ def _build(args):
     from amd_llama4 import LLM, SamplingParams
 
     llm = LLM(args.model, dtype=args.dtype, device=args.device, kv_cache_dtype=args.kv_cache_dtype,
-              max_model_len=args.max_model_len)
+              max_model_len=args.max_model_len, quantization=args.quantization)
     sp = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         max_tokens=args.max_tokens, seed=args.seed)
     return llm, sp

@@ -12,8 +12,8 @@ def run(args) -> int:
                                  ("engine_factory", args.engine_factory)) if v is not None}
     engine_args = {"model": args.model, "tensor_parallel_size": args.tensor_parallel_size,
                    "expert_parallel": args.expert_parallel, "dtype": args.dtype,
-                   "kv_cache_dtype": args.kv_cache_dtype, "max_model_len": args.max_model_len,
-                   "max_num_seqs": args.max_num_seqs}
+                   "kv_cache_dtype": args.kv_cache_dtype, "quantization": args.quantization,
+                   "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs}
     engine_args = {k: v for k, v in engine_args.items() if v is not None}
     run_server(engine_args, host=args.host, port=args.port,
                api_key=args.api_key or os.environ.get("AMD_LLAMA4_API_KEY") or None,
@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--expert-parallel", action="store_true", help="split MoE experts across TP ranks")
     p.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: engine's)")
     p.add_argument("--kv-cache-dtype", default=None, help="auto | fp8 (default: engine's)")
+    p.add_argument("--quantization", default=None, choices=["fp8"],
+                   help="online FP8 weights + activations (pre-quantised checkpoints need no flag)")
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
     p.add_argument("--max-num-seqs", type=int, default=None, help="sequences batched per engine step")
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for all interfaces)")

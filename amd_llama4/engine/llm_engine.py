@@ -100,11 +100,13 @@ class LLMEngine:
         self.scheduler = Scheduler(self.cache, args.max_num_seqs,
                                    args.max_num_batched_tokens or max(2048, args.block_size))
         if self.parallel:
-            from dataclasses import asdict
+            from dataclasses import fields
 
             from amd_llama4.parallel.executor import RayExecutor
 
-            self.runner = RayExecutor(asdict(args), blocks, args.tensor_parallel_size)
+            # field by field, not asdict(): a QuantConfig must stay a QuantConfig
+            self.runner = RayExecutor({f.name: getattr(args, f.name) for f in fields(args)}, blocks,
+                                      args.tensor_parallel_size)
         else:
             self.runner = ModelRunner(self.model, self.cache, args.device)
         self.sampler = Sampler()

@@ -161,9 +161,10 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
                 t = res.load(n, shapes[n], shard_fn(n, model.config, model.parallel))
                 if t.shape != p.shape:
                     raise CheckpointError(f"{folder}: slice of {n!r} is {list(t.shape)}, rank expects {list(p.shape)}")
-                if p.dtype in _FP8 and t.dtype != p.dtype:
+                if (p.dtype in _FP8 and t.dtype != p.dtype) or not t.is_floating_point():
                     raise CheckpointError(f"{res.ckpt.tensors[res._find(n)].file if res._find(n) else folder}: "
-                                          f"tensor {n!r} is {t.dtype}, expected {p.dtype}")
+                                          f"tensor {n!r} has dtype {t.dtype}, expected "
+                                          f"{p.dtype if p.dtype in _FP8 else 'a floating-point dtype'}")
                 p.copy_(t if p.dtype in _FP8 else t.to(p.dtype))
             bar.update(1)
     bar.close()

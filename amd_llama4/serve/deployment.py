@@ -27,7 +27,7 @@ APP_OPTIONS: dict[str, Callable[[Any], Any]] = {
 # `serve run module:app_builder key=value` passes strings; coerce the engine args we know.
 _ENGINE_ARG_TYPES: dict[str, Callable[[Any], Any]] = {
     "model": str, "tensor_parallel_size": int, "max_model_len": int, "max_num_seqs": int,
-    "dtype": str, "kv_cache_dtype": str,
+    "dtype": str, "kv_cache_dtype": str, "quantization": str,
 }
 # Ray's own headroom over our admission bound, so our 429 (not Ray's queue) answers overload.
 _ONGOING_HEADROOM = 16

@@ -105,6 +105,14 @@ def test_wrong_shape_named_with_file(tmp_path, reference):
         load_model(folder, progress=False)
 
 
+def test_wrong_dtype_named(tmp_path, reference):
+    name = "model.layers.0.input_layernorm.weight"
+    folder = _broken(tmp_path, reference, lambda t: t.__setitem__(name, t[name].to(torch.int32)))
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: tensor '{name}' has dtype torch.int32, expected a "
+                                              "floating-point dtype"):
+        load_model(folder, progress=False)
+
+
 def test_unexpected_tensor_named(tmp_path, reference):
     folder = _broken(tmp_path, reference, lambda t: t.__setitem__("model.layers.9.mystery.weight", torch.zeros(1)))
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.9\.mystery\.weight'"):
