@@ -8,6 +8,7 @@ code cannot do (dtypes, devices of a CPU-only build) to the next backend.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -163,6 +164,52 @@ def _fused_moe_fp8_ok(x, w_gate_up_q, w_gate_up_scale, w_down_q, w_down_scale, t
             and _device_ok(x, w_gate_up_q, w_down_q, topk_weights, topk_ids))
 
 
+# ---------------------------------------------------------------- Composable Kernel (AMD_LLAMA4_WITH_CK builds)
+
+_CK = _C is not None and bool(build_info().get("ck")) and hasattr(_C, "ck_fused_moe")
+
+
+@functools.lru_cache(maxsize=None)
+def _ck_sizes_ok(hidden: int, intermediate: int, device_index: int) -> bool:
+    with torch.cuda.device(device_index):  # CK asks the current device (XDL support, vector widths)
+        return bool(_C.ck_fused_moe_supported(hidden, intermediate))
+
+
+def fused_moe_ck(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
+                 topk_ids: torch.Tensor) -> torch.Tensor:
+    """`ops.moe.fused_moe` on CK's grouped GEMM (csrc/ck): bf16 GPU tensors only; the scratch comes
+    from torch's allocator on the current stream."""
+    # x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H]; topk_*: [T, k] -> [T, H]
+    from amd_llama4.ops.moe import _check_moe_inputs
+
+    _check_moe_inputs(x, w_gate_up, w_down, topk_weights, topk_ids)
+    x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
+    (T, H), (E, I), k = x.shape, w_down.shape[:2], ids.shape[1]
+    ws = torch.empty(_C.ck_fused_moe_workspace_bytes(T, k, H, I, E), dtype=torch.uint8, device=x.device)
+    with torch.cuda.device(x.device):
+        _C.ck_fused_moe(_ref(x, "x"), _ref(w_gate_up.contiguous(), "w_gate_up"), _ref(w_down.contiguous(), "w_down"),
+                        _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), _ref(ws, "workspace"), _ref(out, "out"))
+    return out
+
+
+def _ck_fused_moe_ok(x, w_gate_up, w_down, topk_weights, topk_ids) -> bool:
+    return (_CK and os.environ.get("AMD_LLAMA4_NO_CK") != "1"
+            and all(t.device.type == "cuda" for t in (x, w_gate_up, w_down, topk_weights, topk_ids))
+            and x.dtype == w_gate_up.dtype == w_down.dtype == torch.bfloat16
+            and x.dim() == 2 and w_gate_up.dim() == 3 and w_down.dim() == 3
+            and _ck_sizes_ok(int(x.shape[1]), int(w_down.shape[1]), x.device.index or 0))
+
+
+def _fused_moe_native(x, w_gate_up, w_down, topk_weights, topk_ids) -> torch.Tensor:
+    """Native fused MoE with CK: CK's grouped GEMM where it takes the inputs, our kernels otherwise."""
+    impl = fused_moe_ck if _ck_fused_moe_ok(x, w_gate_up, w_down, topk_weights, topk_ids) else fused_moe
+    return impl(x, w_gate_up, w_down, topk_weights, topk_ids)
+
+
+def _fused_moe_native_ok(*args, **kwargs) -> bool:
+    return _ck_fused_moe_ok(*args, **kwargs) or _fused_moe_ok(*args, **kwargs)
+
+
 # ---------------------------------------------------------------- FP8
 
 def _tile(shape: torch.Size, granularity: str, block) -> tuple[int, int]:
@@ -239,5 +286,7 @@ if _C is not None:
     register("moe_topk_sigmoid", "native", supports=_topk_ok)(moe_topk_sigmoid)
     register("moe_align_block_size", "native", supports=_align_ok)(moe_align_block_size)
     register("fused_moe", "native", supports=_fused_moe_ok)(fused_moe)
+    if _CK:  # replaces the plain native fused_moe: CK first (AMD_LLAMA4_NO_CK=1 turns it off), then ours
+        register("fused_moe", "native", supports=_fused_moe_native_ok)(_fused_moe_native)
     register("fused_moe_fp8", "native", supports=_fused_moe_fp8_ok)(fused_moe_fp8)
     register("quantize_fp8", "native", supports=_quantize_ok)(quantize_fp8)

@@ -329,21 +329,23 @@ def test_disconnect_mid_stream_aborts(make_app):
                 first = next(line for line in lines if line.startswith("data: "))
                 assert '"text_completion"' in first
             # leaving the block closes the connection mid-stream
-        wait_until(lambda: factory.engine.aborted == factory.engine.started, 5, "abort after disconnect")
-        wait_until(lambda: factory.engine.kv_blocks_used == 0, 5, "KV blocks freed")
+        wait_until(lambda: factory.engine.aborted == factory.engine.started, 15, "abort after disconnect")
+        wait_until(lambda: factory.engine.kv_blocks_used == 0, 15, "KV blocks freed")
         assert len(factory.engine.started) == 1
-        wait_until(lambda: app.state.serve.in_flight == 0, 5, "admission slot released")
+        wait_until(lambda: app.state.serve.in_flight == 0, 15, "admission slot released")
 
 
 def test_disconnect_non_streaming_aborts(make_app):
-    app, factory = make_app({"step_delay_s": 0.05})
+    # 200 tokens at 0.1 s: an undetected disconnect would run 20 s and end unaborted; the wait is
+    # generous because a loaded CI machine can be slow to notice the closed socket.
+    app, factory = make_app({"step_delay_s": 0.1})
     with LiveServer(app) as srv:
         with httpx.Client(base_url=srv.url, timeout=0.4) as c:
             with pytest.raises(httpx.ReadTimeout):
                 c.post(COMPLETION, json={"prompt": "x", "max_tokens": 200})
-        wait_until(lambda: len(factory.engine.aborted) == 1, 5, "abort after disconnect")
+        wait_until(lambda: len(factory.engine.aborted) == 1, 15, "abort after disconnect")
         assert factory.engine.kv_blocks_used == 0
-        wait_until(lambda: app.state.serve.in_flight == 0, 5, "admission slot released")
+        wait_until(lambda: app.state.serve.in_flight == 0, 15, "admission slot released")
         # the server still serves
         with httpx.Client(base_url=srv.url, timeout=10) as c:
             assert c.post(COMPLETION, json={"prompt": "x", "max_tokens": 2}).status_code == 200
