@@ -8,20 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 
 def median_time(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Seconds, median of `iters` wall-clock runs (the shared timer of perf/bench_kernels.py)."""
+    from amd_llama4.tools.bench import time_fn
+
+    return statistics.median(time_fn(fn, "cpu", warmup=warmup, iters=iters, max_seconds=600)) / 1e3
 
 
 def main(argv=None) -> dict:

@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from amd_llama4 import ops
 from amd_llama4.ops import native
+from amd_llama4.tools.bench import time_fn
 
 
 def timeit(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, page faults, OpenMP threads)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    """Seconds, median wall clock after one warm-up (allocations, page faults, OpenMP threads)."""
+    return statistics.median(time_fn(fn, "cpu", warmup=1, iters=repeats, max_seconds=600)) / 1e3
 
 
 def dense_transformers(x, w1, w2, tw, ids):

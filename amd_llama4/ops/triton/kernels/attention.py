@@ -3,6 +3,8 @@ in-kernel Llama 4 temperature scaling of the queries. Flash-attention online sof
 import triton
 import triton.language as tl
 
+from amd_llama4.ops.triton.kernels.tiles import online_softmax_step
+
 LOG2E = 1.4426950408889634
 
 
@@ -64,12 +66,7 @@ def attn_prefill_kernel(
                 vis = vis & ((kp[None, :] // chunk_size) == q_chunk[:, None])
             vis = (vis | q_pad[:, None]) & n_ok[None, :]
             s = tl.where(vis, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v)
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # rows past S (masked out) have no keys
     tl.store(o_ptr + ((b * S + offs_m[:, None]) * Hq + h) * HEAD_D + offs_d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])

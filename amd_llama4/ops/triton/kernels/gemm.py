@@ -3,6 +3,8 @@ scales (applied once after the K loop) or block scales (1 x SK for a, SN x SK fo
 import triton
 import triton.language as tl
 
+from amd_llama4.ops.triton.kernels.tiles import grouped_tile
+
 
 @triton.jit
 def fp8_gemm_kernel(
@@ -17,11 +19,7 @@ def fp8_gemm_kernel(
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * num_pid_n
-    first_m = (pid // width) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_m
-    pid_n = (pid % width) // group_m
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

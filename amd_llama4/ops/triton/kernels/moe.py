@@ -2,6 +2,8 @@
 import triton
 import triton.language as tl
 
+from amd_llama4.ops.triton.kernels.tiles import grouped_tile
+
 
 @triton.jit
 def moe_gemm_kernel(
@@ -18,11 +20,7 @@ def moe_gemm_kernel(
     num_pid_m = num_padded // BLOCK_M
     num_pid_n = tl.cdiv(N, BLOCK_N)
     # Grouped order: consecutive programs share B tiles (an expert's blocks are adjacent).
-    width = GROUP_M * num_pid_n
-    first_m = (pid // width) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_m
-    pid_n = (pid % width) // group_m
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     flat = tl.load(sorted_ids_ptr + offs_m)  # num_padded is a multiple of BLOCK_M: in bounds

@@ -5,6 +5,8 @@ lo = start of the query's chunk (chunked layers). bf16/fp16 or fp8 (per-tensor /
 import triton
 import triton.language as tl
 
+from amd_llama4.ops.triton.kernels.tiles import online_softmax_step
+
 
 @triton.jit
 def paged_decode_kernel(
@@ -62,12 +64,7 @@ def paged_decode_kernel(
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where(ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v)
     if KV_FP8:
         acc = acc * v_scale
     po = po_ptr + b * stride_pob + heads[:, None] * stride_poh + split * stride_pos + offs_d[None, :]
