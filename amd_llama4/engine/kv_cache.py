@@ -166,15 +166,13 @@ class KVCache:
 
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
-        if self.fp8:  # gather bytes, then reinterpret (no float8 indexing kernels on CPU)
-            k = self.k[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
-            v = self.v[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
-        else:
-            k, v = self.k[kind][li][slots], self.v[kind][li][slots]
-        if self.fp8:
-            s = self.scales[layer][:, :, None]  # [2, Hkv, 1] against [..., Hkv, D]
-            return (k.float() * s[0]).to(self.dtype), (v.float() * s[1]).to(self.dtype)
-        return k, v
+        if not self.fp8:
+            return self.k[kind][li][slots], self.v[kind][li][slots]
+        # gather bytes, then reinterpret (no float8 indexing kernels on CPU), then dequantise
+        k = self.k[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
+        v = self.v[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
+        s = self.scales[layer][:, :, None]  # [2, Hkv, 1] against [..., Hkv, D]
+        return (k.float() * s[0]).to(self.dtype), (v.float() * s[1]).to(self.dtype)
 
     def _quantize(self, layer: int, which: int, x: torch.Tensor) -> torch.Tensor:
         # x: [N, Hkv, D]
