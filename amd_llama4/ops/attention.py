@@ -29,11 +29,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
               scale: float, chunk_size: int | None = None) -> torch.Tensor:
     """q: [B, S, Hq, D]; k, v: [B, L, Hkv, D]; q_pos: [B, S]; k_pos: [B, L] -> [B, S, Hq, D].
     GQA: query head j reads kv head j // (Hq // Hkv)."""
-    hq, hkv = q.shape[2], k.shape[2]
-    if hq != hkv:
-        k = k.repeat_interleave(hq // hkv, dim=2)
-        v = v.repeat_interleave(hq // hkv, dim=2)
-    mask = attention_mask(q_pos, k_pos, chunk_size)[:, None]  # [B, 1, S, L]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=mask, scale=scale)
-    return out.transpose(1, 2)
+    B, S, hq, D = q.shape
+    hkv = k.shape[2]
+    g = hq // hkv
+    # The g query heads of a KV head become g * S rows against that head's keys: no K/V copies.
+    qg = q.reshape(B, S, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, g * S, D)
+    mask = attention_mask(q_pos, k_pos, chunk_size)[:, None].repeat(1, 1, g, 1)  # [B, 1, g*S, L]
+    out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    return out.view(B, hkv, g, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, hq, D)
