@@ -51,11 +51,11 @@ class SeqBlocks:
 class KVCache:
     """Cache tensors per layer kind, [layers_of_kind, num_blocks * block_size, Hkv, D], plus allocators.
 
-    kv_cache_dtype "fp8" stores float8 with fp32 scales per layer, K/V and KV head: loaded from the
-    checkpoint (`self_attn.k_scale` / `v_scale`, per tensor or per head) or computed from the first
-    write with headroom, then applied with saturation (never NaN/inf)."""
-
-    FP8_HEADROOM = 4.0
+    kv_cache_dtype "fp8" stores float8 plus fp32 scales. A layer whose checkpoint carries
+    `self_attn.k_scale` / `v_scale` (per tensor or per KV head) uses those static scales, saturating
+    (never NaN/inf); every other layer computes a scale per token and KV head when it writes
+    (amax / fp8 max: nothing saturates, whatever the later tokens look like; 4 bytes per 128 fp8
+    values)."""
 
     def __init__(self, cfg: Llama4Config, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str, kv_cache_dtype: str = "auto", fp8_format: str = "e4m3fn",
@@ -84,7 +84,7 @@ class KVCache:
         shape = lambda k: (counts[k] if allocate else 0, num_blocks * block_size, nh, cfg.head_dim)  # noqa: E731
         self.k = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
         self.v = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
-        # fp8: scales [layer, K|V, kv head]; 0 = not yet calibrated
+        # fp8 static scales [layer, K|V, kv head]; 0 = none loaded: that layer scales per token
         self.scales = torch.zeros(cfg.num_hidden_layers, 2, nh, dtype=torch.float32)
         for layer, kv in (kv_scales or {}).items():
             for which, name in ((0, "k"), (1, "v")):
@@ -93,6 +93,10 @@ class KVCache:
                         else kv[name].float().reshape(-1)
                     self.scales[layer, which] = full[h0:h0 + nh]
         self.scales = self.scales.to(device)
+        self.static = [bool((self.scales[i] > 0).all()) for i in range(cfg.num_hidden_layers)]
+        # fp8 per-token scales [layers_of_kind, slots, K|V, kv head] for the layers without static ones
+        sshape = lambda k: (counts[k] if allocate and self.fp8 else 0, num_blocks * block_size, 2, nh)  # noqa: E731
+        self.token_scales = {k: torch.zeros(sshape(k), dtype=torch.float32, device=device) for k in self.kinds}
         self.allocators = {k: BlockAllocator(num_blocks) for k in self.kinds}
 
     # -- block bookkeeping (scheduler side) ---------------------------------------------------
@@ -157,7 +161,13 @@ class KVCache:
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
         if self.fp8:
-            k, v = self._quantize(layer, 0, k), self._quantize(layer, 1, v)
+            if self.static[layer]:
+                s = self.scales[layer][:, None, :, None]  # [2, 1, Hkv, 1]
+            else:  # [2, N, Hkv, 1]
+                s = torch.clamp(torch.stack((k, v)).float().abs().amax(dim=-1, keepdim=True), min=1e-12) / self.fp8_max
+                self.token_scales[kind][li].index_copy_(0, slots, s[..., 0].transpose(0, 1))
+            k = (k.float() / s[0]).clamp(-self.fp8_max, self.fp8_max)
+            v = (v.float() / s[1]).clamp(-self.fp8_max, self.fp8_max)
         for cache, x in ((self.k[kind][li], k), (self.v[kind][li], v)):
             x = x.to(self.store_dtype)
             if self.fp8:  # index_copy_ has no float8 kernels: move the bytes
@@ -171,14 +181,9 @@ class KVCache:
         # gather bytes, then reinterpret (no float8 indexing kernels on CPU), then dequantise
         k = self.k[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
         v = self.v[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
-        s = self.scales[layer][:, :, None]  # [2, Hkv, 1] against [..., Hkv, D]
-        return (k.float() * s[0]).to(self.dtype), (v.float() * s[1]).to(self.dtype)
-
-    def _quantize(self, layer: int, which: int, x: torch.Tensor) -> torch.Tensor:
-        # x: [N, Hkv, D]
-        s = self.scales[layer, which]
-        if x.numel() and bool((s == 0).any()):
-            amax = x.float().abs().amax(dim=(0, 2))
-            fresh = torch.clamp(amax * self.FP8_HEADROOM, min=1e-6) / self.fp8_max
-            s.copy_(torch.where(s == 0, fresh, s))
-        return (x.float() / s[:, None]).clamp(-self.fp8_max, self.fp8_max)
+        if self.static[layer]:
+            sk, sv = self.scales[layer][:, :, None]  # [Hkv, 1] against [..., Hkv, D]
+        else:
+            ts = self.token_scales[kind][li][slots]  # [..., 2, Hkv]
+            sk, sv = ts[..., 0, :, None], ts[..., 1, :, None]
+        return (k.float() * sk).to(self.dtype), (v.float() * sv).to(self.dtype)

@@ -4,7 +4,8 @@ Measured (320 positions per seed, seeds 0-5, 2 CPU threads; see docs/fp8.md):
   w8a8 (weights + dynamic per-token activations), tiny-scout:    agreement 0.841-0.906, KL 1.3e-4-1.6e-4
   w8a8, tiny-maverick:                                           agreement 0.850-0.922, KL 1.2e-4-1.3e-4
   w8a8 on positions whose reference margin top1-top2 > 0.5 logit std: agreement 1.000 on every seed
-  fp8 KV alone, one decode step per token, tiny-scout:           agreement 0.919-0.959, KL 2.6e-5-3.8e-5
+  fp8 KV alone (per-token scales), one decode step per token:   agreement 0.944-0.978, KL 1.8e-5-3.3e-5
+    (tiny-scout and tiny-maverick, seeds 0-2, both formats; 0.919-0.959 with the earlier first-write scales)
 The issue's aims (0.95 / 0.98) are not met on random models: their logits are near-tied (mean
 top1-top2 gap 0.26-0.37 logit std) and the disagreements are all at near-ties; every linear layer's
 error equals FP8 rounding alone (0.036 relative = sqrt(2) x 0.026 for e4m3 on Gaussians), so there is
@@ -79,7 +80,7 @@ def test_fp8_kv_cache_alone(scout):
     pairs = [(ref, teacher_forced_logits(m, ids, kv_cache_dtype="fp8")) for m, ids, ref in scout.values()]
     ref, test = _pooled(pairs)
     agree, kl = agreement_and_kl(ref, test)
-    assert agree >= 0.90, f"fp8 KV top-1 agreement {agree:.3f} (measured 0.925-0.959 per seed)"
+    assert agree >= 0.90, f"fp8 KV top-1 agreement {agree:.3f} (measured 0.944-0.978 per seed)"
     assert kl <= 1e-4, f"fp8 KV mean KL {kl:.2e} (measured <= 3.8e-5)"
 
 
