@@ -143,10 +143,6 @@ class KVCache:
         used = sum(a.num_blocks - a.num_free for a in self.allocators.values())
         return {"kv_blocks_used": used, "kv_blocks_total": total, "kv_usage": used / max(total, 1)}
 
-    def bytes_per_block(self) -> int:
-        per_layer = 2 * self.block_size * self.num_kv_heads * self.cfg.head_dim
-        return per_layer * self.cfg.num_hidden_layers * torch.empty(0, dtype=self.store_dtype).element_size()
-
     # -- slot maps (runner side) ----------------------------------------------------------------
     def slots(self, seq: SeqBlocks, kind: str, positions: range) -> list[int]:
         base = seq.chunk_start if kind == "chunked" else 0

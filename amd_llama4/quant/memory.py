@@ -33,8 +33,10 @@ def meta_model(cfg: Llama4Config, dtype: torch.dtype, quantization: str | None =
 def kv_bytes_per_token(cfg: Llama4Config, kv_cache_dtype: str, dtype: torch.dtype) -> dict[str, int]:
     """K and V of one token: over all layers (a context within one attention chunk) and over the
     global (NoPE) layers only (what each token beyond a chunk adds: chunked layers keep one chunk)."""
-    elem = 1 if kv_cache_dtype == "fp8" else torch.empty(0, dtype=dtype).element_size()
-    per_layer = 2 * cfg.num_key_value_heads * cfg.head_dim * elem
+    if kv_cache_dtype == "fp8":  # one byte a value plus an fp32 scale per token and KV head (engine/kv_cache.py)
+        per_layer = 2 * cfg.num_key_value_heads * (cfg.head_dim + 4)
+    else:
+        per_layer = 2 * cfg.num_key_value_heads * cfg.head_dim * torch.empty(0, dtype=dtype).element_size()
     chunked = sum(1 for i in range(cfg.num_hidden_layers) if cfg.uses_rope(i) and cfg.attention_chunk_size)
     return {"kv_bytes_per_token": per_layer * cfg.num_hidden_layers,
             "kv_bytes_per_token_global_layers": per_layer * (cfg.num_hidden_layers - chunked)}

@@ -238,8 +238,8 @@ def test_info_model_bytes_match_hand_count():
     assert w["dense_mlp"] == 0 and w["router"] == L * H * E * 2  # bf16
     assert w["embeddings"] == 2 * V * H * 2 and w["norms"] == (2 * L + 1) * H * 2
     assert w["total"] == sum(v for k, v in w.items() if k != "total")
-    assert rep["kv"]["kv_bytes_per_token"] == L * 2 * KVH * D * 1  # fp8
-    assert rep["kv"]["kv_bytes_per_token_global_layers"] == 1 * 2 * KVH * D  # one NoPE layer in 4
+    assert rep["kv"]["kv_bytes_per_token"] == L * 2 * KVH * (D * 1 + 4)  # fp8 values + a scale per token/head
+    assert rep["kv"]["kv_bytes_per_token_global_layers"] == 1 * 2 * KVH * (D + 4)  # one NoPE layer in 4
     rc, text, _ = _cli("info", "--model", "tiny-scout", "--json")
     w = json.loads(text)["weights"]
     assert w["attention"] == L * attn * 2 and w["experts"] == L * experts * 2
