@@ -180,6 +180,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def is_preset(name: str | os.PathLike) -> bool:
+    """A preset name, unless a folder of that name exists (a checkpoint wins)."""
+    name = os.fspath(name)
+    return name in PRESETS and not os.path.isdir(name)
+
+
+def load_config(path_or_preset: str | os.PathLike) -> Llama4Config:
+    return preset(os.fspath(path_or_preset)) if is_preset(path_or_preset) else Llama4Config.from_pretrained(path_or_preset)
+
+
 def preset(name: str, **overrides: Any) -> Llama4Config:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from amd_llama4.config import QuantConfig
+from amd_llama4.config import QuantConfig, load_config
 from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from amd_llama4.engine.runner import ModelRunner, StepItem
@@ -55,12 +55,6 @@ class EngineArgs:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} must be >= 1")
 
 
-def _config_of(model: str):
-    from amd_llama4.config import PRESETS, Llama4Config, preset
-
-    return preset(model) if model in PRESETS and not os.path.isdir(model) else Llama4Config.from_pretrained(model)
-
-
 @dataclass
 class _Request:
     prompt: str | None
@@ -81,7 +75,7 @@ class LLMEngine:
         self.parallel = args.tensor_parallel_size > 1
         if self.parallel:  # the workers hold the model; this process schedules
             self.model = None
-            cfg = self.config = _config_of(args.model)
+            cfg = self.config = load_config(args.model)
         else:
             self.model = model if model is not None else load_model(
                 args.model, dtype=self.dtype, device=args.device, quantization=args.quantization, progress=False)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 import torch
 
-from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, preset
+from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, is_preset, preset
 from amd_llama4.model.llama4 import Llama4ForCausalLM
-from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError
+from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError, shard_bar
 from amd_llama4.parallel.tp import SINGLE, Parallel
 
 _PREFIXES = ("", "language_model.")
@@ -143,7 +142,7 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
     """Fill `model` from `folder`; a tensor-parallel rank reads only its slices (lazily, per tensor)."""
     from amd_llama4.parallel.tp import shard_fn
 
-    ckpt = Checkpoint(folder, progress=False)
+    ckpt = Checkpoint(folder)
     res = _Resolver(ckpt)
     params = dict(model.named_parameters())
     shapes = full_shapes(model)
@@ -153,7 +152,7 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
     for n in names:
         by_file.setdefault(res.where(n), []).append(n)
     files = sorted(by_file)
-    bar = _bar(len(files), progress and len(files) > 1)
+    bar = shard_bar(len(files), progress and len(files) > 1, "loading shards")
     with torch.no_grad():
         for f in files:
             for n in by_file[f]:
@@ -178,22 +177,6 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
     return model
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc="loading shards", unit="shard", file=sys.stderr)
 
 
 def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
@@ -209,7 +192,7 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.
     if q is not None and not isinstance(q, QuantConfig):
         raise ValueError(f"quantization={quantization!r}: expected None, 'fp8' or a QuantConfig")
     p = os.fspath(path_or_preset)
-    if p in PRESETS and not os.path.isdir(p):
+    if is_preset(p):
         cfg = preset(p)
         model = build_model(cfg, torch.float32, "cpu").init_random(seed)  # the same weights on every rank
         if parallel.enabled:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,7 @@ def read_header(path: str) -> dict[str, TensorInfo]:
 class Checkpoint:
     """All tensors of a checkpoint folder (one file, or shards listed by model.safetensors.index.json)."""
 
-    def __init__(self, folder: str, progress: bool = False):
+    def __init__(self, folder: str):
         self.folder = folder
         index = os.path.join(folder, "model.safetensors.index.json")
         if os.path.exists(index):
@@ -96,7 +97,7 @@ class Checkpoint:
         if not files:
             raise CheckpointError(f"{folder}: no .safetensors files (only safetensors checkpoints are read)")
         self.tensors: dict[str, TensorInfo] = {}
-        for name in _progress(files, progress, "checking shards"):
+        for name in files:
             path = os.path.join(folder, name)
             if not os.path.exists(path):
                 raise CheckpointError(f"{index}: lists shard {name!r}, which does not exist")
@@ -136,11 +137,8 @@ class Checkpoint:
         self._handles.clear()
 
 
-def _progress(items, enabled: bool, desc: str):
-    if not enabled or len(items) < 2:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="shard")
+def shard_bar(total: int, enabled: bool, desc: str):
+    """A progress bar over shards (on stderr); a silent one when not enabled."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="shard", file=sys.stderr, disable=not enabled)

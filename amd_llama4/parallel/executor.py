@@ -12,7 +12,8 @@ from amd_llama4.parallel.worker import Worker
 _WORKER_ENV = {"RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """An unused TCP port on loopback (process-group rendezvous; tests' servers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -33,7 +34,7 @@ class RayExecutor:
         self._remove = remove_placement_group
         self.pg = placement_group([dict(bundle) for _ in range(world)], strategy="STRICT_PACK")
         ray.get(self.pg.ready(), timeout=timeout_s)
-        init = f"tcp://127.0.0.1:{_free_port()}"
+        init = f"tcp://127.0.0.1:{free_port()}"
         actor = ray.remote(Worker)
         self.workers = [
             actor.options(num_cpus=cpus, num_gpus=1 if gpu else 0, max_restarts=0,

@@ -16,13 +16,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 
 import torch
 from safetensors.torch import save_file
 
 from amd_llama4.config import QuantConfig
-from amd_llama4.model.safetensors_io import CheckpointError
+from amd_llama4.model.safetensors_io import CheckpointError, shard_bar
 
 INDEX = "model.safetensors.index.json"
 # Non-weight files a checkpoint folder may carry; copied as they are.
@@ -106,7 +105,7 @@ def write_checkpoint(model, out: str, fmt: str, max_shard_size: str | int = "5GB
     os.makedirs(out)
     names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     weight_map, digests = {}, {}
-    bar = _bar(len(groups), progress, "writing shards")
+    bar = shard_bar(len(groups), progress, "writing shards")
     for file, group in zip(names, groups):
         path = os.path.join(out, file)
         _write_shard({n: tensors[n] for n in group}, path)
@@ -197,19 +196,3 @@ def convert_checkpoint(src: str, out: str, fmt: str, block: int | None = None, m
     return out
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit="shard", file=sys.stderr)

@@ -6,14 +6,7 @@ import os
 
 import torch
 
-from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, preset
-
-
-def model_config(path_or_preset: str) -> Llama4Config:
-    p = os.fspath(path_or_preset)
-    if p in PRESETS and not os.path.isdir(p):
-        return preset(p)
-    return Llama4Config.from_pretrained(p)
+from amd_llama4.config import Llama4Config, QuantConfig, load_config
 
 
 def meta_model(cfg: Llama4Config, dtype: torch.dtype, quantization: str | None = None, fmt: str | None = None):
@@ -48,7 +41,7 @@ def memory_report(path_or_preset: str, dtype: torch.dtype = torch.bfloat16, quan
     KV defaults to fp8 when the weights are FP8 (the deployment pairing), else the model dtype."""
     from amd_llama4.quant.fp8 import weight_bytes_by_component
 
-    cfg = model_config(path_or_preset)
+    cfg = load_config(path_or_preset)
     model = meta_model(cfg, dtype, quantization)
     quantized = hasattr(model, "quant_config")
     kv = kv_cache_dtype or ("fp8" if quantized else "auto")

@@ -2,7 +2,6 @@
 workers) answers a chat request; the only change to the file is a free port."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,13 +9,9 @@ import time
 import pytest
 import yaml
 
+from amd_llama4.parallel.executor import free_port
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -29,7 +24,7 @@ def test_serve_run_tiny_cpu_yaml(tmp_path):
         pytest.skip("ray[serve] CLI not installed")
     with open(os.path.join(ROOT, "deploy", "tiny-cpu.yaml")) as f:
         cfg = yaml.safe_load(f)
-    port = _free_port()
+    port = free_port()
     cfg["http_options"]["port"] = port
     config = tmp_path / "tiny-cpu.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -3,19 +3,14 @@ then a tensor-parallel worker is killed mid-stream: the stream ends with an erro
 is rebuilt with fresh workers and the next request succeeds."""
 import json
 import os
-import socket
 import time
 
 import pytest
 import yaml
 
+from amd_llama4.parallel.executor import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -28,7 +23,7 @@ def test_serve_tiny_cpu_yaml_answers_chat(ray_cluster):
     with open(os.path.join(HERE, "..", "..", "deploy", "tiny-cpu.yaml")) as f:
         app_cfg = yaml.safe_load(f)["applications"][0]
     assert app_cfg["args"]["tensor_parallel_size"] == 2
-    port = _free_port()
+    port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app_builder(app_cfg["args"]), name="amd-llama4", route_prefix="/", blocking=False)

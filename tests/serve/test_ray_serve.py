@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 
 import pytest
 from serve_utils import hard_timeout, need
 
+from amd_llama4.parallel.executor import free_port
 from fake_engine import expected_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,12 +66,6 @@ def test_deploy_configs_are_valid():
             assert engine_args["tensor_parallel_size"] == 8 and engine_args["kv_cache_dtype"].startswith("fp8")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_run_with_fake_engine(monkeypatch):
     ray = need("ray")
@@ -86,7 +80,7 @@ def test_serve_run_with_fake_engine(monkeypatch):
     # Ray workers import the fake engine by name: put tests/serve on their path.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    port = _free_port()
+    port = free_port()
     with hard_timeout(240):
         try:
             ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
