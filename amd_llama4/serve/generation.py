@@ -46,7 +46,7 @@ class Generation:
         if remaining <= 0:
             raise APIError(504, "request timed out", type="server_error", code="timeout")
         try:
-            out = await asyncio.wait_for(self._step(), remaining)
+            out = await self._step_before(remaining)
         except StopAsyncIteration:
             self.done = True
             return None
@@ -66,6 +66,12 @@ class Generation:
             self.done = True
             self._check_failed(out)
         return out
+
+    async def _step_before(self, remaining: float) -> RequestOutput:
+        if hasattr(asyncio, "timeout"):  # 3.11+: unlike wait_for, never swallows an outside cancel
+            async with asyncio.timeout(remaining):
+                return await self._step()
+        return await asyncio.wait_for(self._step(), remaining)
 
     async def _step(self) -> RequestOutput:
         if not hasattr(self._agen, "__anext__"):  # `generate` was a coroutine returning the iterator
@@ -113,9 +119,13 @@ class Generation:
                     raise ClientGone()
         finally:
             if not task.done():
-                task.cancel()
                 with anyio.CancelScope(shield=True):
-                    await asyncio.wait({task})
+                    # Re-cancel until it ends: before Python 3.12, asyncio.wait_for swallows a
+                    # cancel that lands as its inner step completes, and the task would go on
+                    # generating to max_tokens for a client that is gone.
+                    while not task.done():
+                        task.cancel()
+                        await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
 
     async def run_to_end(self) -> RequestOutput:
         last = None

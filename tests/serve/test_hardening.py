@@ -351,6 +351,34 @@ def test_disconnect_non_streaming_aborts(make_app):
             assert c.post(COMPLETION, json={"prompt": "x", "max_tokens": 2}).status_code == 200
 
 
+def test_disconnect_ends_a_task_that_swallows_the_first_cancel():
+    """Python < 3.12's asyncio.wait_for drops a cancel that lands as its inner step completes (the
+    CI flake behind this test); the disconnect watcher must cancel again until the work stops."""
+    from amd_llama4.serve.generation import ClientGone, Generation
+
+    class Gone:
+        async def is_disconnected(self) -> bool:
+            return True
+
+    steps = []
+
+    async def swallows_once():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            steps.append("swallowed")
+        while True:  # like run_to_end going on to the next step
+            await asyncio.sleep(0.01)
+
+    async def go():
+        t0 = time.monotonic()
+        with pytest.raises(ClientGone):
+            await Generation.watched(None, Gone(), swallows_once())
+        return time.monotonic() - t0
+
+    assert run(go(), timeout=20) < 5 and steps == ["swallowed"]
+
+
 def test_auth_under_a_route_prefix(make_app):
     """Mounted under a prefix (as Ray Serve's route_prefix does), /v1/* still needs the key."""
     import httpx
