@@ -183,6 +183,27 @@ void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, con
   AL4_RUN(fused_moe, x, w1, w2, tw, ids, s1, s2, out);
 }
 
+// CPU only: on a GPU, torch's BLAS (hipBLASLt / cuBLAS) is the right linear.
+void linear(const TensorRef& x, const TensorRef& w, const TensorRef* bias, const TensorRef& out) {
+  const char* op = "linear";
+  al4::check_dim(x, 2, op);
+  al4::check_dim(w, 2, op);
+  al4::check(w.size(1) == x.size(1), "linear: weight must be [N, K=" + std::to_string(x.size(1)) + "], got " +
+                                          al4::shape_str(w));
+  al4::check_dtype(x, {al4::kF32, al4::kBF16}, op);
+  al4::check(w.dtype == x.dtype, "linear: weight must have x's dtype");
+  if (bias) {
+    al4::check_shape(*bias, {w.size(0)}, op);
+    al4::check(bias->dtype == x.dtype, "linear: bias must have x's dtype");
+  }
+  al4::check_shape(out, {x.size(0), w.size(0)}, op);
+  al4::check(out.dtype == x.dtype, "linear: out must have x's dtype");
+  contiguous({&x, &w, bias, &out}, op);
+  for (const TensorRef* t : {&x, &w, bias, &out})
+    if (t) al4::check(t->device == 0, "linear: " + t->name + " is a GPU tensor; the native linear is CPU only");
+  al4::cpu::linear(x, w, bias, out);
+}
+
 py::dict build_info() {
   py::dict d;
   d["backend"] = AL4_BACKEND;
@@ -200,7 +221,7 @@ py::dict build_info() {
   d["compiler"] = std::string("gcc ") + __VERSION__;
 #endif
   d["ops"] = std::vector<std::string>{"silu_and_mul", "rms_norm", "moe_topk_sigmoid", "moe_align_block_size",
-                                      "fused_moe", "quantize_fp8", "dequantize_fp8", "fn_to_fnuz"};
+                                      "fused_moe", "quantize_fp8", "dequantize_fp8", "fn_to_fnuz", "linear"};
   return d;
 }
 
@@ -232,6 +253,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("fn_to_fnuz", &fn_to_fnuz, nogil);
   m.def("fused_moe", &fused_moe, py::arg("x"), py::arg("w_gate_up"), py::arg("w_down"), py::arg("topk_weights"),
         py::arg("topk_ids"), py::arg("w1_scale").none(true), py::arg("w2_scale").none(true), py::arg("out"), nogil);
+  m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias").none(true), py::arg("out"), nogil);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK
   al4::ck_backend::register_ops(m);  // ck_fused_moe*: chosen over fused_moe in amd_llama4/ops/native.py

@@ -35,6 +35,14 @@ class RMSNorm(nn.Module):
         return ops.rms_norm(x, self.weight, self.eps)
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict names) whose product goes through `ops.linear`,
+    so the decode step's few-row products can take the native weight-streaming kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)). The dense FFN and the MoE shared expert.
     Under tensor parallelism `inter` is this rank's slice and the output a partial sum, reduced here
@@ -43,9 +51,9 @@ class MLP(nn.Module):
     def __init__(self, hidden: int, inter: int, par: Parallel | None = None):
         super().__init__()
         self.par = par
-        self.gate_proj = nn.Linear(hidden, inter, bias=False)
-        self.up_proj = nn.Linear(hidden, inter, bias=False)
-        self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self.gate_proj = Linear(hidden, inter, bias=False)
+        self.up_proj = Linear(hidden, inter, bias=False)
+        self.down_proj = Linear(inter, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -72,7 +80,7 @@ class MoE(nn.Module):
         s = local_shapes(cfg, par)
         self.par, self.top_k = par, cfg.num_experts_per_tok
         self.expert_range = (s.expert_start, s.expert_start + s.num_experts)
-        self.router = nn.Linear(cfg.hidden_size, cfg.num_local_experts, bias=False)
+        self.router = Linear(cfg.hidden_size, cfg.num_local_experts, bias=False)
         self.experts = Experts(s.num_experts, cfg.hidden_size, s.expert_inter)
         self.shared_expert = MLP(cfg.hidden_size, s.inter)
 
@@ -111,10 +119,10 @@ class Attention(nn.Module):
                                                                   and not self.use_rope) else None
         self.scale = self.head_dim ** -0.5
         bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
+        self.q_proj = Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
                 cache: KVCache | None) -> torch.Tensor:
@@ -179,7 +187,7 @@ class Llama4ForCausalLM(nn.Module):
         check_parallel(cfg, par)
         self.config, self.parallel = cfg, par
         self.model = Llama4TextModel(cfg, par)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

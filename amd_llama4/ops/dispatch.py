@@ -9,6 +9,7 @@ op functions in `amd_llama4.ops`, which call `resolve()`. Order of preference:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -62,12 +63,17 @@ def _device_type(args: tuple, kwargs: dict) -> str:
 
 
 def preference(device_type: str) -> list[str]:
-    env = os.environ.get(_ENV, "").strip().lower()
+    return list(_preference(os.environ.get(_ENV, ""), device_type))
+
+
+@functools.lru_cache(maxsize=64)  # resolve() runs on every op call of every decode step
+def _preference(env: str, device_type: str) -> tuple[str, ...]:
+    env = env.strip().lower()
     if env:
         if env not in BACKENDS:
             raise ValueError(f"{_ENV}={env!r}: expected one of {BACKENDS}")
-        return [env, "torch"] if env != "torch" else ["torch"]
-    return ["triton", "native", "torch"] if device_type != "cpu" else ["native", "torch"]
+        return (env, "torch") if env != "torch" else ("torch",)
+    return ("triton", "native", "torch") if device_type != "cpu" else ("native", "torch")
 
 
 def resolve(op: str, args: tuple, kwargs: dict, backend: str | None = None) -> Callable[..., Any]:
@@ -81,7 +87,7 @@ def resolve(op: str, args: tuple, kwargs: dict, backend: str | None = None) -> C
         if impl is None:
             raise RuntimeError(f"{op}: backend {backend!r} is not available here (not built or not installed)")
         return impl.fn
-    for b in preference(_device_type(args, kwargs)):
+    for b in _preference(os.environ.get(_ENV, ""), _device_type(args, kwargs)):
         _load(b)
         impl = _REGISTRY[op].get(b)
         if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):

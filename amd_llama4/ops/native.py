@@ -164,6 +164,32 @@ def _fused_moe_fp8_ok(x, w_gate_up_q, w_gate_up_scale, w_down_q, w_down_scale, t
             and _device_ok(x, w_gate_up_q, w_down_q, topk_weights, topk_ids))
 
 
+# ---------------------------------------------------------------- linear (the decode step's GEMV)
+
+# Up to this many rows the native weight-streaming kernel beats the BLAS GEMM (perf/bench_linear.py);
+# prefill-sized inputs stay with torch.
+LINEAR_MAX_ROWS = 16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    # x: [..., K]; weight: [N, K]; bias: [N] | None -> [..., N]
+    K, N = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, K).contiguous()
+    out = torch.empty(x2.shape[0], N, dtype=x.dtype)
+    _C.linear(_ref(x2, "x"), _ref(weight.contiguous(), "weight"),
+              None if bias is None else _ref(bias.contiguous(), "bias"), _ref(out, "out"))
+    return out.reshape(*x.shape[:-1], N)
+
+
+def _linear_ok(x, weight, bias=None) -> bool:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return False  # no autograd in the native kernel (training runs the torch path)
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype in _ACT_DTYPES
+            and weight.dtype == x.dtype and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1]
+            and x.shape[-1] > 0 and 0 < x.numel() // x.shape[-1] <= LINEAR_MAX_ROWS and weight.is_contiguous()
+            and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu")))
+
+
 # ---------------------------------------------------------------- Composable Kernel (AMD_LLAMA4_WITH_CK builds)
 
 _CK = _C is not None and bool(build_info().get("ck")) and hasattr(_C, "ck_fused_moe")
@@ -286,6 +312,7 @@ if _C is not None:
     register("moe_topk_sigmoid", "native", supports=_topk_ok)(moe_topk_sigmoid)
     register("moe_align_block_size", "native", supports=_align_ok)(moe_align_block_size)
     register("fused_moe", "native", supports=_fused_moe_ok)(fused_moe)
+    register("linear", "native", supports=_linear_ok)(linear)
     if _CK:  # replaces the plain native fused_moe: CK first (AMD_LLAMA4_NO_CK=1 turns it off), then ours
         register("fused_moe", "native", supports=_fused_moe_native_ok)(_fused_moe_native)
     register("fused_moe_fp8", "native", supports=_fused_moe_fp8_ok)(fused_moe_fp8)

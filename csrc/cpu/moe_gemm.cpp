@@ -4,6 +4,7 @@
 // with per-output-channel scales, activations quantised per token on the fly).
 // Parallel over (expert, column strip) tasks; the ISA (AVX-512 / AVX2 / baseline) is picked once.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -19,7 +20,10 @@ namespace al4::cpu {
 
 namespace {
 
-constexpr int64_t KC = 256;  // K block: a packed panel of KC x NR floats stays in L1/L2
+constexpr int64_t KC = 256;  // longest K block of a packed panel
+constexpr int64_t kPanelBytes = 256 << 10;  // packed weights per K block: fits L2 beside the C tiles
+constexpr int64_t kFewRows = 8;  // at most this many rows per expert: strips grouped per task
+constexpr int64_t kMaxStripsPerTask = 16;  // more rows: up to this many strips (half an expert) per task
 
 struct MoeArgs {
   int64_t H = 0, I = 0, E = 0;
@@ -49,102 +53,158 @@ float* scratch(int slot, size_t n) {
 
 AL4_INLINE float act_round(float v, bool bf16) { return bf16 ? round_to<bf16_t>(v) : v; }
 
-// Rows [r0, r0+n) of A ([*, K], fp32) times column strip [n0, n0+nr) of NW weight matrices
-// W[w] ([K, ldw]) -> C tiles [n, NR] per weight (row-major, NR = NV * VW).
+constexpr int64_t KD = 32;  // K block of the in-place path: KD weight rows (all strips) stay in L2
+
+// Rows [r0, r0+n) of A ([*, K], fp32) times column strips [s0, s1) (NR = NV * VW columns each,
+// the last one may be partial) of NW weight matrices W[w] ([K, ldw], ncols columns) -> C tiles
+// ctile[w] = [s1 - s0][n][NR] (row-major).
 template <class Cfg, int NW, typename W, typename Dec>
-AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const* wts, int64_t ldw, int64_t n0,
-                           int64_t nr, Dec dec, float* const* ctile) {
+AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const* wts, int64_t ldw, int64_t ncols,
+                           int64_t s0, int64_t s1, Dec dec, float* const* ctile) {
   constexpr int VW = Cfg::VW, MR = Cfg::template MR<NW>, NV = Cfg::template NV<NW>, NR = NV * VW;
-  float* panel = scratch(0, size_t(NW) * KC * NR);
   float dump[NR] __attribute__((aligned(64)));
-  for (int w = 0; w < NW; ++w) std::memset(ctile[w], 0, sizeof(float) * n * NR);
-  for (int64_t k0 = 0; k0 < K; k0 += KC) {
-    const int64_t kc = std::min(KC, K - k0);
-    const float* pw[NW];
-    for (int w = 0; w < NW; ++w) {
-      pack_panel<NR>(wts[w], ldw, k0, kc, n0, nr, dec, panel + w * KC * NR);
-      pw[w] = panel + w * KC * NR;
-    }
-    for (int64_t i0 = 0; i0 < n; i0 += MR) {
-      const float* a[MR];
-      float* c[NW * MR];
-      for (int i = 0; i < MR; ++i) {
-        const bool ok = i0 + i < n;  // rows past the end reuse row 0 and write to `dump`
-        a[i] = A + (ok ? i0 + i : 0) * K + k0;
-        for (int w = 0; w < NW; ++w) c[w * MR + i] = ok ? ctile[w] + (i0 + i) * NR : dump;
+  for (int w = 0; w < NW; ++w) std::memset(ctile[w], 0, sizeof(float) * n * NR * (s1 - s0));
+  auto tile = [&](int w, int64_t s, int64_t i) { return i < n ? ctile[w] + ((s - s0) * n + i) * NR : dump; };
+
+  // A few rows of fp32 weights (the decode step): read full strips in place, K block outermost,
+  // so the strips of one block together read KD whole weight rows (sequential DRAM traffic).
+  // Each weight element is used once here, so packing would only add a copy.
+  int64_t s_packed = s0;
+  if constexpr (std::is_same_v<W, float>) {
+    if (n <= MR) {
+      s_packed = std::max(s0, std::min(s1, ncols / NR));
+      for (int64_t k0 = 0; k0 < K; k0 += KD) {
+        const int64_t kc = std::min(KD, K - k0);
+        for (int64_t s = s0; s < s_packed; ++s)
+          for (int64_t i0 = 0; i0 < n; i0 += MR) {
+            // as many tile rows as needed: a 1-row step must not pay for MR rows of FMAs
+            const int64_t left = n - i0;
+            const int m = left == 1 ? 1 : (left == 2 && MR > 2) ? 2 : (left <= 4 && MR > 4) ? 4 : MR;
+            const float* pw[NW];
+            const float* a[MR];
+            float* c[NW * MR];  // c[w * m + i]: the layout of microkernel<.., m, ..>
+            for (int w = 0; w < NW; ++w) pw[w] = wts[w] + k0 * ldw + s * NR;
+            for (int i = 0; i < m; ++i) {
+              a[i] = A + (i < left ? i0 + i : i0) * K + k0;
+              for (int w = 0; w < NW; ++w) c[w * m + i] = tile(w, s, i0 + i);
+            }
+            if (m == 1)
+              microkernel<VW, 1, NV, NW>(a, kc, pw, ldw, c);
+            else if (m == 2)
+              microkernel<VW, (MR > 2 ? 2 : MR), NV, NW>(a, kc, pw, ldw, c);
+            else if (m == 4)
+              microkernel<VW, (MR > 4 ? 4 : MR), NV, NW>(a, kc, pw, ldw, c);
+            else
+              microkernel<VW, MR, NV, NW>(a, kc, pw, ldw, c);
+          }
       }
-      microkernel<VW, MR, NV, NW>(a, kc, pw, c);
+    }
+  }
+
+  // Otherwise, per K block, pack the strips' weights to fp32 (decoding bf16/fp8) into a panel of
+  // about kPanelBytes (L2), then run every row tile of every strip over it; the C tiles carry the
+  // sums from block to block.
+  if (s_packed < s1) {
+    const int64_t ns = s1 - s_packed;
+    const int64_t kb = std::clamp<int64_t>(kPanelBytes / int64_t(sizeof(float) * NW * ns * NR) / 8 * 8, 8, KC);
+    float* panel = scratch(0, size_t(NW) * ns * kb * NR);
+    for (int64_t k0 = 0; k0 < K; k0 += kb) {
+      const int64_t kc = std::min(kb, K - k0);
+      for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
+      for (int64_t s = s_packed; s < s1; ++s) {
+        const float* pw[NW];
+        for (int w = 0; w < NW; ++w) pw[w] = panel + (w * ns + (s - s_packed)) * kb * NR;
+        for (int64_t i0 = 0; i0 < n; i0 += MR) {
+          const float* a[MR];
+          float* c[NW * MR];
+          for (int i = 0; i < MR; ++i) {
+            const bool ok = i0 + i < n;  // rows past the end reuse row 0 and write to `dump`
+            a[i] = A + (ok ? i0 + i : 0) * K + k0;
+            for (int w = 0; w < NW; ++w) c[w * MR + i] = tile(w, s, i0 + i);
+          }
+          microkernel<VW, MR, NV, NW>(a, kc, pw, NR, c);
+        }
+      }
     }
   }
 }
 
-// Task (expert e, strip s of I): h[rows, strip] = silu(x W_gate) * (x W_up), scales applied.
+// Task (expert e, strips [s0, s1) of I): h[rows, strips] = silu(x W_gate) * (x W_up), scales applied.
 template <class Cfg, typename W, typename Dec>
-AL4_INLINE void gate_up_task(const MoeArgs& g, int64_t e, int64_t s, Dec dec) {
+AL4_INLINE void gate_up_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, Dec dec) {
   constexpr int NR = Cfg::VW * Cfg::template NV<2>;
-  const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, n0 = s * NR, nr = std::min<int64_t>(NR, g.I - n0);
+  const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, ns = s1 - s0;
   const W* w1 = static_cast<const W*>(g.w1) + e * g.H * 2 * g.I;
-  const W* wts[2] = {w1 + n0, w1 + g.I + n0};
-  float* ct = scratch(1, size_t(2) * n * NR);
-  float* tiles[2] = {ct, ct + n * NR};
-  strip_gemm<Cfg, 2>(g.xin + r0 * g.H, g.H, n, wts, 2 * g.I, 0, nr, dec, tiles);
-  for (int64_t i = 0; i < n; ++i) {
-    float* hrow = g.h + (r0 + i) * g.I + n0;
-    const float xs = g.xs ? g.xs[r0 + i] : 1.0f;
-    for (int64_t j = 0; j < nr; ++j) {
-      float gv = tiles[0][i * NR + j], uv = tiles[1][i * NR + j];
-      if (g.s1) {
-        gv = gv * xs * g.s1[e * 2 * g.I + n0 + j];
-        uv = uv * xs * g.s1[e * 2 * g.I + g.I + n0 + j];
+  const W* wts[2] = {w1, w1 + g.I};
+  float* ct = scratch(1, size_t(2) * n * NR * ns);
+  float* tiles[2] = {ct, ct + n * NR * ns};
+  strip_gemm<Cfg, 2>(g.xin + r0 * g.H, g.H, n, wts, 2 * g.I, g.I, s0, s1, dec, tiles);
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t n0 = s * NR, nr = std::min<int64_t>(NR, g.I - n0);
+    const float* gt = tiles[0] + (s - s0) * n * NR;
+    const float* ut = tiles[1] + (s - s0) * n * NR;
+    for (int64_t i = 0; i < n; ++i) {
+      float* hrow = g.h + (r0 + i) * g.I + n0;
+      const float xs = g.xs ? g.xs[r0 + i] : 1.0f;
+      for (int64_t j = 0; j < nr; ++j) {
+        float gv = gt[i * NR + j], uv = ut[i * NR + j];
+        if (g.s1) {
+          gv = gv * xs * g.s1[e * 2 * g.I + n0 + j];
+          uv = uv * xs * g.s1[e * 2 * g.I + g.I + n0 + j];
+        }
+        gv = act_round(gv, g.bf16_act);
+        uv = act_round(uv, g.bf16_act);
+        hrow[j] = act_round(act_round(silu_f32(gv), g.bf16_act) * uv, g.bf16_act || g.bf16_out);
       }
-      gv = act_round(gv, g.bf16_act);
-      uv = act_round(uv, g.bf16_act);
-      hrow[j] = act_round(act_round(silu_f32(gv), g.bf16_act) * uv, g.bf16_act || g.bf16_out);
     }
   }
 }
 
-// Task (expert e, strip s of H): y[rows, strip] = h W_down, scales applied.
+// Task (expert e, strips [s0, s1) of H): y[rows, strips] = h W_down, scales applied.
 template <class Cfg, typename W, typename Dec>
-AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s, Dec dec) {
+AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, Dec dec) {
   constexpr int NR = Cfg::VW * Cfg::template NV<1>;
-  const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, n0 = s * NR, nr = std::min<int64_t>(NR, g.H - n0);
-  const W* wts[1] = {static_cast<const W*>(g.w2) + e * g.I * g.H + n0};
-  float* ct = scratch(1, size_t(n) * NR);
+  const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, ns = s1 - s0;
+  const W* wts[1] = {static_cast<const W*>(g.w2) + e * g.I * g.H};
+  float* ct = scratch(1, size_t(n) * NR * ns);
   float* tiles[1] = {ct};
-  strip_gemm<Cfg, 1>(g.h + r0 * g.I, g.I, n, wts, g.H, 0, nr, dec, tiles);
-  for (int64_t i = 0; i < n; ++i) {
-    float* yrow = g.y + (r0 + i) * g.H + n0;
-    const float hs = g.hs ? g.hs[r0 + i] : 1.0f;
-    for (int64_t j = 0; j < nr; ++j) {
-      float v = ct[i * NR + j];
-      if (g.s2) v = v * hs * g.s2[e * g.H + n0 + j];
-      yrow[j] = act_round(v, g.bf16_act || g.bf16_out);
+  strip_gemm<Cfg, 1>(g.h + r0 * g.I, g.I, n, wts, g.H, g.H, s0, s1, dec, tiles);
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t n0 = s * NR, nr = std::min<int64_t>(NR, g.H - n0);
+    const float* yt = ct + (s - s0) * n * NR;
+    for (int64_t i = 0; i < n; ++i) {
+      float* yrow = g.y + (r0 + i) * g.H + n0;
+      const float hs = g.hs ? g.hs[r0 + i] : 1.0f;
+      for (int64_t j = 0; j < nr; ++j) {
+        float v = yt[i * NR + j];
+        if (g.s2) v = v * hs * g.s2[e * g.H + n0 + j];
+        yrow[j] = act_round(v, g.bf16_act || g.bf16_out);
+      }
     }
   }
 }
 
 // Per-ISA entry points: the target attribute makes the always_inline kernels compile for it.
-using TaskFn = void (*)(const MoeArgs&, int64_t, int64_t, int wtype);
+using TaskFn = void (*)(const MoeArgs&, int64_t, int64_t, int64_t, int wtype);
 enum WType { kWF32 = 0, kWBF16 = 1, kWFP8 = 2 };
 
 template <class Cfg, bool GATE_UP, typename W, typename Dec>
-AL4_INLINE void run_typed(const MoeArgs& g, int64_t e, int64_t s, Dec dec) {
+AL4_INLINE void run_typed(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, Dec dec) {
   if constexpr (GATE_UP)
-    gate_up_task<Cfg, W>(g, e, s, dec);
+    gate_up_task<Cfg, W>(g, e, s0, s1, dec);
   else
-    down_task<Cfg, W>(g, e, s, dec);
+    down_task<Cfg, W>(g, e, s0, s1, dec);
 }
 
 // No lambdas here: a lambda is a separate function that would not inherit the caller's target ISA.
 template <class Cfg, bool GATE_UP>
-AL4_INLINE void run_task(const MoeArgs& g, int64_t e, int64_t s, int wtype) {
+AL4_INLINE void run_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wtype) {
   if (wtype == kWF32)
-    run_typed<Cfg, GATE_UP, float>(g, e, s, DecF32{});
+    run_typed<Cfg, GATE_UP, float>(g, e, s0, s1, DecF32{});
   else if (wtype == kWBF16)
-    run_typed<Cfg, GATE_UP, bf16_t>(g, e, s, DecBF16{});
+    run_typed<Cfg, GATE_UP, bf16_t>(g, e, s0, s1, DecBF16{});
   else
-    run_typed<Cfg, GATE_UP, uint8_t>(g, e, s, DecFP8{(g.fnuz ? fp8_table<true>() : fp8_table<false>()).v});
+    run_typed<Cfg, GATE_UP, uint8_t>(g, e, s0, s1, DecFP8{(g.fnuz ? fp8_table<true>() : fp8_table<false>()).v});
 }
 
 using CfgBase = TileCfg<4, 4, 1, 4, 2>;
@@ -153,13 +213,13 @@ using CfgV3 = TileCfg<8, 4, 1, 6, 2>;    // AVX2: 8 + 12 accumulators of 16 ymm
 using CfgV4 = TileCfg<16, 4, 2, 8, 2>;   // AVX-512: 16 + 16 accumulators of 32 zmm
 #define AL4_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
 #define AL4_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
-AL4_TARGET_V4 void gate_up_v4(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV4, true>(g, e, s, wt); }
-AL4_TARGET_V4 void down_v4(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV4, false>(g, e, s, wt); }
-AL4_TARGET_V3 void gate_up_v3(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV3, true>(g, e, s, wt); }
-AL4_TARGET_V3 void down_v3(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgV3, false>(g, e, s, wt); }
+AL4_TARGET_V4 void gate_up_v4(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV4, true>(g, e, s0, s1, wt); }
+AL4_TARGET_V4 void down_v4(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV4, false>(g, e, s0, s1, wt); }
+AL4_TARGET_V3 void gate_up_v3(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV3, true>(g, e, s0, s1, wt); }
+AL4_TARGET_V3 void down_v3(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV3, false>(g, e, s0, s1, wt); }
 #endif
-void gate_up_base(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgBase, true>(g, e, s, wt); }
-void down_base(const MoeArgs& g, int64_t e, int64_t s, int wt) { run_task<CfgBase, false>(g, e, s, wt); }
+void gate_up_base(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgBase, true>(g, e, s0, s1, wt); }
+void down_base(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgBase, false>(g, e, s0, s1, wt); }
 
 struct Isa {
   const char* name;
@@ -169,14 +229,10 @@ struct Isa {
 
 const Isa& isa() {
   static const Isa chosen = [] {
-    const char* force = std::getenv("AMD_LLAMA4_CPU_ISA");  // "base" to test the portable path
-    std::string f = force ? force : "";
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (f.empty() && __builtin_cpu_supports("x86-64-v4"))
-      return Isa{"avx512", gate_up_v4, down_v4, 16 * 2, 16 * 2};
-    if ((f.empty() || f == "avx2") && __builtin_cpu_supports("x86-64-v3"))
-      return Isa{"avx2", gate_up_v3, down_v3, 8 * 1, 8 * 2};
+    const int level = cpu_isa_level();
+    if (level >= 4) return Isa{"avx512", gate_up_v4, down_v4, 16 * 2, 16 * 2};
+    if (level >= 3) return Isa{"avx2", gate_up_v3, down_v3, 8 * 1, 8 * 2};
 #endif
     return Isa{"base", gate_up_base, down_base, 4 * 1, 4 * 2};
   }();
@@ -200,6 +256,20 @@ void quantize_rows(float* v, float* scale, int64_t n, int64_t cols) {
 }  // namespace
 
 const char* gemm_isa() { return isa().name; }
+
+int cpu_isa_level() {
+  static const int level = [] {
+    const char* force = std::getenv("AMD_LLAMA4_CPU_ISA");  // "base" / "avx2" to test those paths
+    const std::string f = force ? force : "";
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (f.empty() && __builtin_cpu_supports("x86-64-v4")) return 4;
+    if ((f.empty() || f == "avx2") && __builtin_cpu_supports("x86-64-v3")) return 3;
+#endif
+    return 0;
+  }();
+  return level;
+}
 
 // x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H]; topk_weights: [T, k] fp32; topk_ids: [T, k]
 // int32; w1_scale: [E, 2I] / w2_scale: [E, H] fp32 for fp8 weights (null otherwise) -> out: [T, H].
@@ -256,15 +326,26 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
   }
 
   const Isa& is = isa();
+  // Tasks are (expert, range of column strips). With few rows per expert (decode) the weights
+  // are read once and in place, so a task takes several strips, enough for ~2 tasks per thread:
+  // longer sequential reads. Otherwise one strip per task balances uneven experts.
+  int64_t active = 0, max_rows = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    active += off[e + 1] > off[e];
+    max_rows = std::max(max_rows, off[e + 1] - off[e]);
+  }
   auto run_phase = [&](TaskFn fn, int64_t cols, int nr) {
     const int64_t strips = ceil_div(cols, nr);
-    std::vector<std::pair<int64_t, int64_t>> tasks;
+    const int64_t per_task = max_rows <= kFewRows
+        ? std::clamp<int64_t>(active * strips / (2 * int64_t(omp_get_max_threads())), 1, strips)
+        : std::clamp<int64_t>(std::min<int64_t>(kMaxStripsPerTask, ceil_div(strips, 2)), 1, strips);
+    std::vector<std::array<int64_t, 3>> tasks;
     for (int64_t e = 0; e < E; ++e)
       if (off[e + 1] > off[e])
-        for (int64_t s = 0; s < strips; ++s) tasks.emplace_back(e, s);
+        for (int64_t s = 0; s < strips; s += per_task) tasks.push_back({e, s, std::min(strips, s + per_task)});
     const int64_t nt = int64_t(tasks.size());
-#pragma omp parallel for schedule(dynamic, 1) if (nt > 1 && N * H > 4096)
-    for (int64_t t = 0; t < nt; ++t) fn(g, tasks[t].first, tasks[t].second, wtype);
+#pragma omp parallel for schedule(dynamic, 1) if (nt > 1 && (N * H > 4096 || active * H * I >= (1 << 16)))
+    for (int64_t t = 0; t < nt; ++t) fn(g, tasks[t][0], tasks[t][1], tasks[t][2], wtype);
   };
   run_phase(is.gate_up, I, is.nr_gate_up);
   if (fp8) g.fnuz ? quantize_rows<true>(h.get(), hs.data(), N, I) : quantize_rows<false>(h.get(), hs.data(), N, I);

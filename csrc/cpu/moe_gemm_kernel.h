@@ -35,27 +35,34 @@ struct DecFP8 {
   AL4_INLINE float operator()(const uint8_t* p, int64_t i) const { return table[p[i]]; }
 };
 
-// dst: [kc, NR] fp32 <- W[k0:k0+kc, n0:n0+nr] (row stride ldw), columns past nr zero-filled.
+// dst[s - s0]: [kb, NR] fp32 <- W[k0:k0+kc, s*NR : s*NR+NR] for strips s in [s0, s1) (row stride
+// ldw, ncols columns; columns past ncols zero-filled). Row by row, so the weights are read as
+// whole row segments (sequential DRAM traffic); the scattered writes stay in cache.
 template <int NR, typename W, typename Dec>
-AL4_INLINE void pack_panel(const W* w, int64_t ldw, int64_t k0, int64_t kc, int64_t n0, int64_t nr, Dec dec,
-                           float* dst) {
+AL4_INLINE void pack_strips(const W* w, int64_t ldw, int64_t ncols, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
+                            int64_t kb, Dec dec, float* dst) {
   for (int64_t k = 0; k < kc; ++k) {
-    const W* row = w + (k0 + k) * ldw + n0;
-    float* d = dst + k * NR;
-    if (nr == NR) {
-      for (int j = 0; j < NR; ++j) d[j] = dec(row, j);
-    } else {
-      for (int j = 0; j < NR; ++j) d[j] = j < nr ? dec(row, j) : 0.0f;
+    const W* row = w + (k0 + k) * ldw;
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t n0 = s * NR;
+      float* d = dst + ((s - s0) * kb + k) * NR;
+      if (n0 + NR <= ncols) {
+        for (int j = 0; j < NR; ++j) d[j] = dec(row, n0 + j);
+      } else {
+        for (int j = 0; j < NR; ++j) d[j] = n0 + j < ncols ? dec(row, n0 + j) : 0.0f;
+      }
     }
   }
 }
 
-// c[w][i][0:NR] += sum_k a[i][k] * panel[w][k][0:NR] for i < MR, w < NW. Accumulators live in
-// registers for the whole kc loop; a[i] are fp32 activation rows, panels are 64-byte aligned.
+// c[w][i][0:NR] += sum_k a[i][k] * panel[w][k * ldp : k * ldp + NR] for i < MR, w < NW.
+// Accumulators live in registers for the whole kc loop; a[i] are fp32 activation rows. Panels are
+// packed (ldp = NR) or, for a few rows of fp32 weights, the weight matrix itself (ldp = its row
+// stride): then packing would cost more than it saves.
 template <int VW, int MR, int NV, int NW>
-AL4_INLINE void microkernel(const float* const* a, int64_t kc, const float* const* panel, float* const* c) {
+AL4_INLINE void microkernel(const float* const* a, int64_t kc, const float* const* panel, int64_t ldp,
+                            float* const* c) {
   typedef float vec __attribute__((vector_size(VW * 4)));
-  constexpr int NR = NV * VW;
   vec acc[NW][MR][NV];
 #pragma GCC unroll 64
   for (int w = 0; w < NW; ++w)
@@ -68,7 +75,7 @@ AL4_INLINE void microkernel(const float* const* a, int64_t kc, const float* cons
 #pragma GCC unroll 64
     for (int w = 0; w < NW; ++w)
 #pragma GCC unroll 64
-      for (int v = 0; v < NV; ++v) b[w][v] = *reinterpret_cast<const vec*>(panel[w] + k * NR + v * VW);
+      for (int v = 0; v < NV; ++v) __builtin_memcpy(&b[w][v], panel[w] + k * ldp + v * VW, sizeof(vec));
 #pragma GCC unroll 64
     for (int i = 0; i < MR; ++i) {
       const float s = a[i][k];

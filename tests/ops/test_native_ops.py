@@ -91,8 +91,11 @@ def _moe_inputs(T, H, E, inter, k, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,H,E,inter,k", [(1, 64, 3, 32, 1), (7, 200, 16, 72, 2), (129, 100, 8, 136, 1),
-                                           (129, 72, 128, 40, 2)])
+# The small ones take the decode path (<= 8 rows per expert: fp32 weights read in place, strips
+# grouped per task, 1/2/4-row tiles); the large ones pack panels.
+@pytest.mark.parametrize("T,H,E,inter,k", [(1, 64, 3, 32, 1), (7, 200, 16, 72, 2), (16, 96, 16, 64, 1),
+                                           (6, 130, 3, 100, 2), (129, 100, 8, 136, 1), (129, 72, 128, 40, 2),
+                                           (40, 1030, 4, 520, 1)])  # several packed K blocks, partial strips
 def test_fused_moe(dtype, T, H, E, inter, k):
     x, w1, w2, tw, ids = _moe_inputs(T, H, E, inter, k, dtype)
     got = native.fused_moe(x, w1, w2, tw, ids)
@@ -132,3 +135,59 @@ def test_dispatch_picks_native_on_cpu():
     x = torch.randn(3, 8)
     assert dispatch.resolve("silu_and_mul", (x,), {}) is native.silu_and_mul
     assert dispatch.resolve("fused_moe", (x.half(), x.half(), x.half(), x, x), {}).__module__ == "amd_llama4.ops.moe"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 512, 512), (7, 15, 5), (16, 129, 130), (3, 1000, 7)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear(dtype, M, K, N, with_bias):
+    g = torch.Generator().manual_seed(M * 1000 + K + N)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    w = (torch.randn(N, K, generator=g) / K**0.5).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype) if with_bias else None
+    got = native.linear(x, w, b)
+    assert got.dtype == dtype and got.shape == (M, N)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w, b), **TOL[dtype])
+
+
+def test_linear_strided_batched_and_errors():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 40, generator=g).transpose(0, 1)  # [3, 2, 40], not contiguous
+    w = torch.randn(24, 40, generator=g)
+    torch.testing.assert_close(native.linear(x, w), torch.nn.functional.linear(x, w), **TOL[torch.float32])
+    with pytest.raises(ValueError, match="weight"):
+        native.linear(x, torch.randn(24, 39))
+    with pytest.raises(ValueError, match="bias"):
+        native.linear(x, w, torch.randn(23))
+    with pytest.raises(ValueError, match="weight"):
+        native.linear(x, w.bfloat16())
+
+
+def test_linear_dispatch_small_rows_only():
+    """Native for the decode step's few rows; larger inputs (prefill) and autograd stay with torch."""
+    w = torch.randn(8, 32)
+    small, large = torch.randn(native.LINEAR_MAX_ROWS, 32), torch.randn(native.LINEAR_MAX_ROWS + 1, 32)
+    assert dispatch.resolve("linear", (small, w), {}) is native.linear
+    assert dispatch.resolve("linear", (large, w), {}).__module__ == "amd_llama4.ops.linear"
+    assert dispatch.resolve("linear", (small, w.requires_grad_()), {}).__module__ == "amd_llama4.ops.linear"
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_linear_other_isas(isa):
+    """The AVX2 and portable kernels (forced in a subprocess) give the same results."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from amd_llama4.ops import native as N
+assert N.build_info()["cpu_isa"] in ({isa!r}, "base")
+g = torch.Generator().manual_seed(0)
+for M, K, n in [(1, 64, 8), (5, 131, 9), (16, 512, 33)]:
+    x, w = torch.randn(M, K, generator=g), torch.randn(n, K, generator=g) / K**0.5
+    for dt, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        torch.testing.assert_close(N.linear(x.to(dt), w.to(dt)), torch.nn.functional.linear(x.to(dt), w.to(dt)),
+                                   rtol=tol, atol=tol)
+"""
+    env = {**__import__("os").environ, "AMD_LLAMA4_CPU_ISA": isa}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
