@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from amd_llama4.ops.dispatch import dispatched
+from amd_llama4.ops.dispatch import dispatched, same_inputs_memo
 
 
 def temperature_scale(positions: torch.Tensor, floor_scale: int, attn_scale: float) -> torch.Tensor:
@@ -14,6 +14,11 @@ def temperature_scale(positions: torch.Tensor, floor_scale: int, attn_scale: flo
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    """Memoised on the position tensors themselves: every layer of one step passes the same ones."""
+    return same_inputs_memo(_attention_mask, q_pos, k_pos, chunk_size)
+
+
+def _attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
     """q_pos: [B, S], k_pos: [B, L] (-1 marks an empty key slot) -> bool [B, S, L], True = visible.
     Key k is visible to query q iff 0 <= k <= q (and, chunked, k // chunk == q // chunk)."""
     qp, kp = q_pos[:, :, None], k_pos[:, None, :]
@@ -34,6 +39,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     g = hq // hkv
     # The g query heads of a KV head become g * S rows against that head's keys: no K/V copies.
     qg = q.reshape(B, S, hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, g * S, D)
-    mask = attention_mask(q_pos, k_pos, chunk_size)[:, None].repeat(1, 1, g, 1)  # [B, 1, g*S, L]
+    mask = attention_mask(q_pos, k_pos, chunk_size)[:, None]  # [B, 1, S, L]
+    if S > 1:  # rows are (query head in group, position); one position (decode) broadcasts as is
+        mask = mask.repeat(1, 1, g, 1)  # [B, 1, g*S, L]
     out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.view(B, hkv, g, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, hq, D)

@@ -38,6 +38,7 @@ def register(op: str, backend: str, supports: Callable[..., bool] | None = None)
 
     def deco(fn):
         _REGISTRY.setdefault(op, {})[backend] = Impl(fn, supports)
+        _candidates.cache_clear()
         return fn
 
     return deco
@@ -87,12 +88,22 @@ def resolve(op: str, args: tuple, kwargs: dict, backend: str | None = None) -> C
         if impl is None:
             raise RuntimeError(f"{op}: backend {backend!r} is not available here (not built or not installed)")
         return impl.fn
-    for b in _preference(os.environ.get(_ENV, ""), _device_type(args, kwargs)):
-        _load(b)
-        impl = _REGISTRY[op].get(b)
-        if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
+    for impl in _candidates(op, os.environ.get(_ENV, ""), _device_type(args, kwargs)):
+        if impl.supports is None or impl.supports(*args, **kwargs):
             return impl.fn
     raise RuntimeError(f"{op}: no backend supports these inputs")
+
+
+@functools.lru_cache(maxsize=512)  # cleared by register(); resolve() runs on every op call
+def _candidates(op: str, env: str, device_type: str) -> tuple[Impl, ...]:
+    """The registered implementations of `op`, in preference order."""
+    out = []
+    for b in _preference(env, device_type):
+        _load(b)
+        impl = _REGISTRY[op].get(b)
+        if impl is not None:
+            out.append(impl)
+    return tuple(out)
 
 
 def available(op: str) -> list[str]:
@@ -117,3 +128,23 @@ def dispatched(op: str):
         return public
 
     return deco
+
+
+_MEMO: dict[tuple, tuple[tuple, Any]] = {}
+_MEMO_SIZE = 8
+
+
+def same_inputs_memo(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), reused while called again with the very same tensor objects (unchanged: same
+    version counter) and equal other arguments: the per-step tables (masks, RoPE angles) that
+    every layer of a forward recomputes from the same position tensors. The entry keeps its
+    tensors alive, so their ids cannot be reused by other tensors while it is cached."""
+    key = (fn, *((id(a), a._version) if isinstance(a, torch.Tensor) else a for a in args))
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit[1]
+    out = fn(*args)
+    if len(_MEMO) >= _MEMO_SIZE:
+        _MEMO.pop(next(iter(_MEMO)))  # oldest first
+    _MEMO[key] = (args, out)
+    return out

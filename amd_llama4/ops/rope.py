@@ -6,7 +6,7 @@ import math
 import torch
 
 from amd_llama4.config import RopeScaling
-from amd_llama4.ops.dispatch import dispatched
+from amd_llama4.ops.dispatch import dispatched, same_inputs_memo
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -32,8 +32,13 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> t
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """x: [B, S, Hn, D]; positions: [B, S] (int); inv_freq: [D/2] fp32 -> rotated x, same dtype.
     Angles in fp32: out[2i] = a cos - b sin, out[2i+1] = a sin + b cos."""
-    ang = positions.float()[..., None] * inv_freq  # [B, S, D/2]
-    cos, sin = torch.cos(ang)[:, :, None, :], torch.sin(ang)[:, :, None, :]
+    cos, sin = same_inputs_memo(_rope_cos_sin, positions, inv_freq)
     xf = x.float().unflatten(-1, (-1, 2))
     a, b = xf[..., 0], xf[..., 1]
     return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
+
+
+def _rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> cos, sin [B, S, 1, D/2] fp32 (q and k of every RoPE layer of a step share them)."""
+    ang = positions.float()[..., None] * inv_freq  # [B, S, D/2]
+    return torch.cos(ang)[:, :, None, :], torch.sin(ang)[:, :, None, :]

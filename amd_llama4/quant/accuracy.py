@@ -17,9 +17,10 @@ def _act_dtype(model) -> torch.dtype:
 def teacher_forced_logits(model, ids: list[int], kv_cache_dtype: str = "auto", fmt: str = "e4m3fn",
                           block_size: int = 16, tokens_per_step: int = 1) -> torch.Tensor:
     """Logits [len(ids), V] at every position, computed through the paged cache in steps of
-    `tokens_per_step` tokens (1 = one decode step per token). Every key attention reads, including those of
-    the current step, is read back from the (possibly fp8) cache; with fp8 KV the scales are calibrated
-    by the first step (one token when tokens_per_step is 1: the worst case)."""
+    `tokens_per_step` tokens (1 = one decode step per token; a step never spans two attention chunks).
+    Every key attention reads, including those of the current step, is read back from the (possibly fp8)
+    cache. fp8 KV scales are the checkpoint's static ones or computed per token and KV head as it is
+    written, so the step size changes nothing stored."""
     cfg = model.config
     blocks = -(-len(ids) // block_size) + -(-(cfg.attention_chunk_size or 1) // block_size) + 2
     cache = KVCache(cfg, blocks, block_size, _act_dtype(model), "cpu", kv_cache_dtype, fmt,

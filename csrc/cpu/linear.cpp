@@ -5,6 +5,7 @@
 // from memory feeds MB FMAs and the x rows stay in L1. Threads take contiguous ranges of weight
 // rows: long sequential reads. fp32 math; bf16 weights are widened on load.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -36,10 +37,53 @@ struct LoadBF16 {  // bf16 -> fp32 is a 16-bit left shift of the bits
   AL4_INLINE float operator()(const bf16_t* p, int64_t i) const { return bf16_to_f32(p[i].bits); }
 };
 
+// The four horizontal sums of a0..a3 (VW lanes each) by a shuffle tree: each level halves the lanes
+// per sum and packs two sums into one vector, ~4 vector ops per sum instead of VW scalar adds
+// (at K = 512 the scalar sums cost as much as the FMAs).
+template <int VW>
+struct HSum4;
+template <>
+struct HSum4<16> {
+  typedef float v16 __attribute__((vector_size(64)));
+  typedef float v8 __attribute__((vector_size(32)));
+  typedef float v4 __attribute__((vector_size(16)));
+  AL4_INLINE static v4 run(v16 a0, v16 a1, v16 a2, v16 a3) {
+    v16 t0 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(a0, a1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    v16 t1 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(a2, a3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    v16 u = __builtin_shufflevector(t0, t1, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+            __builtin_shufflevector(t0, t1, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    v8 h = __builtin_shufflevector(u, u, 0, 1, 4, 5, 8, 9, 12, 13) + __builtin_shufflevector(u, u, 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(h, h, 0, 2, 4, 6) + __builtin_shufflevector(h, h, 1, 3, 5, 7);
+  }
+};
+template <>
+struct HSum4<8> {
+  typedef float v8 __attribute__((vector_size(32)));
+  typedef float v4 __attribute__((vector_size(16)));
+  AL4_INLINE static v4 run(v8 a0, v8 a1, v8 a2, v8 a3) {
+    v8 t0 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a0, a1, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8 t1 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a2, a3, 4, 5, 6, 7, 12, 13, 14, 15);
+    v8 u = __builtin_shufflevector(t0, t1, 0, 1, 4, 5, 8, 9, 12, 13) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(u, u, 0, 2, 4, 6) + __builtin_shufflevector(u, u, 1, 3, 5, 7);
+  }
+};
+template <>
+struct HSum4<4> {
+  typedef float v4 __attribute__((vector_size(16)));
+  AL4_INLINE static v4 run(v4 a0, v4 a1, v4 a2, v4 a3) {
+    v4 t0 = __builtin_shufflevector(a0, a1, 0, 1, 4, 5) + __builtin_shufflevector(a0, a1, 2, 3, 6, 7);
+    v4 t1 = __builtin_shufflevector(a2, a3, 0, 1, 4, 5) + __builtin_shufflevector(a2, a3, 2, 3, 6, 7);
+    return __builtin_shufflevector(t0, t1, 0, 2, 4, 6) + __builtin_shufflevector(t0, t1, 1, 3, 5, 7);
+  }
+};
+
 // o[i][j] = dot(x[i], w[j]) over K for i < MB, j < NB (rows past the end point at valid memory and
 // their outputs at a dump slot).
 template <int VW, int MB, int NB, typename W, typename Ld>
-AL4_INLINE void dot_tile(const float* const* x, const W* const* w, int64_t K, float* const* o, Ld ld) {
+AL4_INLINE void dot_tile(const float* const* x, const W* const* w, int64_t K, float* const* o, Ld ld,
+                         const char* pf = nullptr, int64_t pf_step = 0) {
   typedef float vec __attribute__((vector_size(VW * 4)));
   vec acc[MB][NB];
 #pragma GCC unroll 64
@@ -51,6 +95,10 @@ AL4_INLINE void dot_tile(const float* const* x, const W* const* w, int64_t K, fl
     vec wv[NB];
 #pragma GCC unroll 64
     for (int j = 0; j < NB; ++j) ld(w[j] + k, wv[j]);
+    if (pf) {  // paced prefetch of a later weight tile: pf_step bytes per step of VW
+      for (int64_t b = 0; b < pf_step; b += 64) __builtin_prefetch(pf + b, 0, 2);
+      pf += pf_step;
+    }
 #pragma GCC unroll 64
     for (int i = 0; i < MB; ++i) {
       vec xv;
@@ -59,14 +107,21 @@ AL4_INLINE void dot_tile(const float* const* x, const W* const* w, int64_t K, fl
       for (int j = 0; j < NB; ++j) acc[i][j] += xv * wv[j];
     }
   }
+  static_assert(NB % 4 == 0, "the horizontal sums go four at a time");
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) {
-      float s = 0.0f;
-      for (int l = 0; l < VW; ++l) s += acc[i][j][l];
-      for (int64_t kk = k; kk < K; ++kk) s += x[i][kk] * ld(w[j], kk);
-      *o[i * NB + j] = s;
+    for (int j0 = 0; j0 < NB; j0 += 4) {
+      const auto sums = HSum4<VW>::run(acc[i][j0], acc[i][j0 + 1], acc[i][j0 + 2], acc[i][j0 + 3]);
+      for (int j = j0; j < j0 + 4; ++j) {
+        float s = sums[j - j0];
+        for (int64_t kk = k; kk < K; ++kk) s += x[i][kk] * ld(w[j], kk);
+        *o[i * NB + j] = s;
+      }
     }
 }
+
+// Weight tiles ahead to prefetch (1 measured best of 1, 2, 4 with perf/bench_linear.py-like cold
+// runs): hides DRAM latency when few rows leave little compute to overlap.
+constexpr int kAhead = 1;
 
 struct LinearArgs {
   const float* x = nullptr;  // [M, K] fp32
@@ -76,24 +131,46 @@ struct LinearArgs {
   bool bf16_w = false;
 };
 
+// One tile of mb (<= MB) x rows starting at m0 against weight rows w[0..NB).
+template <int VW, int MB, int NB, typename W, typename Ld>
+AL4_INLINE void row_tile(const LinearArgs& a, int64_t m0, int64_t n0, const W* const* w, Ld ld,
+                         const char* pf = nullptr, int64_t pf_step = 0) {
+  float dump = 0.0f;
+  const float* x[MB];
+  float* o[MB * NB];
+  for (int i = 0; i < MB; ++i) {
+    const bool row_ok = m0 + i < a.M;
+    x[i] = a.x + (row_ok ? m0 + i : m0) * a.K;
+    for (int j = 0; j < NB; ++j) o[i * NB + j] = row_ok && n0 + j < a.N ? a.y + (m0 + i) * a.N + n0 + j : &dump;
+  }
+  dot_tile<VW, MB, NB, W>(x, w, a.K, o, ld, pf, pf_step);
+}
+
 template <int VW, int MB, int NB, typename W, typename Ld>
 AL4_INLINE void linear_rows(const LinearArgs& a, int64_t nb0, int64_t nb1, Ld ld) {
   const W* wp = static_cast<const W*>(a.w);
-  float dump = 0.0f;
   for (int64_t nb = nb0; nb < nb1; ++nb) {
     const int64_t n0 = nb * NB;
     const W* w[NB];
     for (int j = 0; j < NB; ++j) w[j] = wp + std::min(n0 + j, a.N - 1) * a.K;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MB) {
-      const float* x[MB];
-      float* o[MB * NB];
-      for (int i = 0; i < MB; ++i) {
-        const bool row_ok = m0 + i < a.M;
-        x[i] = a.x + (row_ok ? m0 + i : 0) * a.K;
-        for (int j = 0; j < NB; ++j) o[i * NB + j] = row_ok && n0 + j < a.N ? a.y + (m0 + i) * a.N + n0 + j : &dump;
-      }
-      dot_tile<VW, MB, NB, W>(x, w, a.K, o, ld);
+    // The first row tile prefetches the weight tile kAhead ahead, paced over its K loop.
+    const char* pf = nullptr;
+    int64_t pf_step = 0;
+    if (nb + kAhead < nb1) {
+      pf = reinterpret_cast<const char*>(wp + (n0 + kAhead * NB) * a.K);
+      const int64_t bytes = std::min<int64_t>(NB, a.N - n0 - kAhead * NB) * a.K * int64_t(sizeof(W));
+      pf_step = ceil_div(bytes, std::max<int64_t>(1, a.K / VW)) + 63;
     }
+    int64_t m0 = 0;
+    for (; m0 + MB <= a.M; m0 += MB, pf = nullptr) row_tile<VW, MB, NB, W>(a, m0, n0, w, ld, pf, pf_step);
+    // the last rows in a smaller tile: one token must not pay for MB rows of FMAs
+    const int64_t left = a.M - m0;
+    if (left == 1)
+      row_tile<VW, 1, NB, W>(a, m0, n0, w, ld, pf, pf_step);
+    else if (left == 2)
+      row_tile<VW, (MB > 2 ? 2 : MB), NB, W>(a, m0, n0, w, ld, pf, pf_step);
+    else if (left > 0)
+      row_tile<VW, MB, NB, W>(a, m0, n0, w, ld, pf, pf_step);
   }
 }
 
@@ -106,17 +183,17 @@ AL4_INLINE void linear_typed(const LinearArgs& a, int64_t nb0, int64_t nb1) {
 }
 
 using RowsFn = void (*)(const LinearArgs&, int64_t, int64_t);
-constexpr int kNB = 4;  // weight rows per tile, the same on every ISA (task ranges count tiles)
+constexpr int kNB = 8;  // weight rows per tile, the same on every ISA (task ranges count tiles)
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 __attribute__((target("arch=x86-64-v4"))) void rows_v4(const LinearArgs& a, int64_t b0, int64_t b1) {
-  linear_typed<16, 4, kNB>(a, b0, b1);  // 16 + 4 + 1 of 32 zmm
+  linear_typed<16, 2, kNB>(a, b0, b1);  // 16 + 8 + 1 of 32 zmm
 }
 __attribute__((target("arch=x86-64-v3"))) void rows_v3(const LinearArgs& a, int64_t b0, int64_t b1) {
-  linear_typed<8, 2, kNB>(a, b0, b1);  // 8 + 4 + 1 of 16 ymm
+  linear_typed<8, 1, kNB>(a, b0, b1);  // 8 + 8 + 1 of 16 ymm
 }
 #endif
-void rows_base(const LinearArgs& a, int64_t b0, int64_t b1) { linear_typed<4, 2, kNB>(a, b0, b1); }
+void rows_base(const LinearArgs& a, int64_t b0, int64_t b1) { linear_typed<4, 1, kNB>(a, b0, b1); }
 
 RowsFn rows_fn() {
   const int level = cpu_isa_level();

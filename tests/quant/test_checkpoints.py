@@ -174,12 +174,12 @@ def test_pre_quantised_per_expert_layout_and_ignore_list(tmp_path, qc):
     ignored = "model.layers.1.self_attn.k_proj"
     want = load_model("tiny-scout", quantization=QuantConfig(method="fp8", fp8_format="e4m3fn", ignore=[ignored]))
     hp = load_model("tiny-scout").get_submodule(ignored).weight.detach()
-    assert type(want.get_submodule(ignored)) is torch.nn.Linear
+    assert isinstance(want.get_submodule(ignored), torch.nn.Linear)  # high precision (FP8Linear is no nn.Linear)
     folder = str(tmp_path / "ck")
     src = load_model("tiny-scout", quantization=FN)
     _per_expert_checkpoint(src, folder, qc, keep_hp=[(ignored, hp)])
     got = load_model(folder, progress=False, quantization=FN)
-    assert type(got.get_submodule(ignored)) is torch.nn.Linear  # honoured: loaded in high precision
+    assert isinstance(got.get_submodule(ignored), torch.nn.Linear)  # honoured: loaded in high precision
     assert isinstance(got.model.layers[1].self_attn.q_proj, FP8Linear)
     assert isinstance(got.model.layers[2].feed_forward.experts, FP8Experts)
     torch.testing.assert_close(got(IDS), want(IDS), rtol=0, atol=0)
