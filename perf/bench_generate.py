@@ -1,12 +1,14 @@
 """Output tokens/s of `LLM.generate` against transformers' `generate`, same weights, same process.
 
 Default model: a small MoE (hidden 512, 8 layers, 16 experts, top-1, chunk 8192 as released),
-fp32 on CPU; batches 1 and 16; 64 new tokens after 32-token prompts; greedy, EOS ignored.
+fp32 on CPU; batches 1 and 16; 64 new tokens after 32-token prompts; greedy, EOS ignored; the
+median of 3 interleaved runs per side.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 
@@ -21,6 +23,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed runs per side; medians reported")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -47,15 +50,20 @@ def main(argv=None) -> dict:
             prompts = torch.randint(3, cfg.vocab_size, (b, args.prompt_len), generator=torch.Generator().manual_seed(b))
             sp = SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True)
             llm.generate(prompts[:1].tolist(), SamplingParams(temperature=0, max_tokens=4))  # warm-up
-            t0 = time.perf_counter()
-            ours = llm.generate(prompts.tolist(), sp)
-            t_ours = time.perf_counter() - t0
             with torch.no_grad():
                 hf.generate(prompts[:1], max_new_tokens=4, do_sample=False)  # warm-up
+            # Interleaved repeats, median of each: a noisy machine slows both sides alike.
+            t_ours_all, t_hf_all = [], []
+            for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                theirs = hf.generate(prompts, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                     do_sample=False)
-                t_hf = time.perf_counter() - t0
+                ours = llm.generate(prompts.tolist(), sp)
+                t_ours_all.append(time.perf_counter() - t0)
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    theirs = hf.generate(prompts, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                         do_sample=False)
+                    t_hf_all.append(time.perf_counter() - t0)
+            t_ours, t_hf = statistics.median(t_ours_all), statistics.median(t_hf_all)
             n = b * args.new_tokens
             same = sum(o.outputs[0].token_ids == t[args.prompt_len:].tolist() for o, t in zip(ours, theirs))
             run = {"batch": b, "ours_tok_s": n / t_ours, "transformers_tok_s": n / t_hf, "speedup": t_hf / t_ours,

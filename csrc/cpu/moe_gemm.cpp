@@ -121,6 +121,16 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
       const int64_t kc = std::min(kb, K - k0);
       for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
       for (int64_t s = s_packed; s < s1; ++s) {
+        // Prefetch the next K block's row segments, a few rows per strip (as the in-place path).
+        if (k0 + kb < K) {
+          const int64_t kn = std::min(kb, K - k0 - kb), j = s - s_packed;
+          const int64_t bytes = std::min<int64_t>(ns * NR, ncols - s_packed * NR) * int64_t(sizeof(W));
+          for (int64_t r = j * kn / ns; r < (j + 1) * kn / ns; ++r)
+            for (int w = 0; w < NW; ++w) {
+              const char* row = reinterpret_cast<const char*>(wts[w] + (k0 + kb + r) * ldw + s_packed * NR);
+              for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+            }
+        }
         const float* pw[NW];
         for (int w = 0; w < NW; ++w) pw[w] = panel + (w * ns + (s - s_packed)) * kb * NR;
         for (int64_t i0 = 0; i0 < n; i0 += MR) {
@@ -336,8 +346,8 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
 
   const Isa& is = isa();
   // Tasks are (expert, range of column strips). With few rows per expert (decode) the weights
-  // are read once and in place, so a task takes several strips, enough for ~2 tasks per thread:
-  // longer sequential reads. Otherwise one strip per task balances uneven experts.
+  // are read once and in place, so a task takes several strips (about 8 tasks per thread: longer
+  // reads than one strip, yet balanced threads). Otherwise up to half an expert per task (below).
   int64_t active = 0, max_rows = 0;
   for (int64_t e = 0; e < E; ++e) {
     active += off[e + 1] > off[e];
@@ -346,7 +356,7 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
   auto run_phase = [&](TaskFn fn, int64_t cols, int nr) {
     const int64_t strips = ceil_div(cols, nr);
     const int64_t per_task = max_rows <= kFewRows
-        ? std::clamp<int64_t>(active * strips / (2 * int64_t(omp_get_max_threads())), 1, strips)
+        ? std::clamp<int64_t>(active * strips / (8 * int64_t(omp_get_max_threads())), 1, strips)
         : std::clamp<int64_t>(std::min<int64_t>(kMaxStripsPerTask, ceil_div(strips, 2)), 1, strips);
     std::vector<std::array<int64_t, 3>> tasks;
     for (int64_t e = 0; e < E; ++e)
