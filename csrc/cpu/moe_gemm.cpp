@@ -55,6 +55,19 @@ AL4_INLINE float act_round(float v, bool bf16) { return bf16 ? round_to<bf16_t>(
 
 constexpr int64_t KD = 32;  // K block of the in-place path: KD weight rows (all strips) stay in L2
 
+// Prefetch the weight rows [k1, k1 + kn) (segments of `bytes` from column col0 of each of the NW
+// matrices), share j of ns: called once per strip, the requests spread over a block's compute and
+// each reads whole row segments (sequential for DRAM). +20% bandwidth at decode.
+template <int NW, typename W>
+AL4_INLINE void prefetch_next_block(const W* const* wts, int64_t ldw, int64_t k1, int64_t kn, int64_t j, int64_t ns,
+                                    int64_t col0, int64_t bytes) {
+  for (int64_t r = j * kn / ns; r < (j + 1) * kn / ns; ++r)  // kn <= 0 (last block): nothing
+    for (int w = 0; w < NW; ++w) {
+      const char* row = reinterpret_cast<const char*>(wts[w] + (k1 + r) * ldw + col0);
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+    }
+}
+
 // Rows [r0, r0+n) of A ([*, K], fp32) times column strips [s0, s1) (NR = NV * VW columns each,
 // the last one may be partial) of NW weight matrices W[w] ([K, ldw], ncols columns) -> C tiles
 // ctile[w] = [s1 - s0][n][NR] (row-major).
@@ -73,39 +86,31 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
   if constexpr (std::is_same_v<W, float>) {
     if (n <= MR) {
       s_packed = std::max(s0, std::min(s1, ncols / NR));
+      const int64_t ns = s_packed - s0;
+      // as many tile rows as needed: a 1-row step must not pay for MR rows of FMAs
+      const int m = n == 1 ? 1 : (n == 2 && MR > 2) ? 2 : (n <= 4 && MR > 4) ? 4 : MR;
       for (int64_t k0 = 0; k0 < K; k0 += KD) {
         const int64_t kc = std::min(KD, K - k0);
-        for (int64_t s = s0; s < s_packed; ++s)
-          for (int64_t i0 = 0; i0 < n; i0 += MR) {
-            // as many tile rows as needed: a 1-row step must not pay for MR rows of FMAs
-            const int64_t left = n - i0;
-            const int m = left == 1 ? 1 : (left == 2 && MR > 2) ? 2 : (left <= 4 && MR > 4) ? 4 : MR;
-            const float* pw[NW];
-            const float* a[MR];
-            float* c[NW * MR];  // c[w * m + i]: the layout of microkernel<.., m, ..>
-            for (int w = 0; w < NW; ++w) pw[w] = wts[w] + k0 * ldw + s * NR;
-            // Prefetch the next K block (whole row segments, sequential for DRAM), a few rows per
-            // strip so the requests spread over the block's compute: +20% bandwidth at decode.
-            if (i0 == 0 && k0 + KD < K) {
-              const int64_t kn = std::min(KD, K - k0 - KD), ns = s_packed - s0;
-              const int64_t r0 = (s - s0) * kn / ns, r1 = (s - s0 + 1) * kn / ns;
-              for (int64_t r = r0; r < r1; ++r)
-                for (int w = 0; w < NW; ++w)
-                  for (int64_t l = s0 * NR; l < s_packed * NR; l += 16) __builtin_prefetch(wts[w] + (k0 + KD + r) * ldw + l, 0, 2);
-            }
-            for (int i = 0; i < m; ++i) {
-              a[i] = A + (i < left ? i0 + i : i0) * K + k0;
-              for (int w = 0; w < NW; ++w) c[w * m + i] = tile(w, s, i0 + i);
-            }
-            if (m == 1)
-              microkernel<VW, 1, NV, NW>(a, kc, pw, ldw, c);
-            else if (m == 2)
-              microkernel<VW, (MR > 2 ? 2 : MR), NV, NW>(a, kc, pw, ldw, c);
-            else if (m == 4)
-              microkernel<VW, (MR > 4 ? 4 : MR), NV, NW>(a, kc, pw, ldw, c);
-            else
-              microkernel<VW, MR, NV, NW>(a, kc, pw, ldw, c);
+        for (int64_t s = s0; s < s_packed; ++s) {
+          prefetch_next_block<NW>(wts, ldw, k0 + KD, std::min(KD, K - k0 - KD), s - s0, ns, s0 * NR,
+                              ns * NR * int64_t(sizeof(W)));
+          const float* pw[NW];
+          const float* a[MR];
+          float* c[NW * MR];  // c[w * m + i]: the layout of microkernel<.., m, ..>
+          for (int w = 0; w < NW; ++w) pw[w] = wts[w] + k0 * ldw + s * NR;
+          for (int i = 0; i < m; ++i) {
+            a[i] = A + (i < n ? i : 0) * K + k0;  // rows past n reuse row 0 and write to `dump`
+            for (int w = 0; w < NW; ++w) c[w * m + i] = tile(w, s, i);
           }
+          if (m == 1)
+            microkernel<VW, 1, NV, NW>(a, kc, pw, ldw, c);
+          else if (m == 2)
+            microkernel<VW, (MR > 2 ? 2 : MR), NV, NW>(a, kc, pw, ldw, c);
+          else if (m == 4)
+            microkernel<VW, (MR > 4 ? 4 : MR), NV, NW>(a, kc, pw, ldw, c);
+          else
+            microkernel<VW, MR, NV, NW>(a, kc, pw, ldw, c);
+        }
       }
     }
   }
@@ -116,21 +121,13 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
   if (s_packed < s1) {
     const int64_t ns = s1 - s_packed;
     const int64_t kb = std::clamp<int64_t>(kPanelBytes / int64_t(sizeof(float) * NW * ns * NR) / 8 * 8, 8, KC);
+    const int64_t seg_bytes = std::min<int64_t>(ns * NR, ncols - s_packed * NR) * int64_t(sizeof(W));
     float* panel = scratch(0, size_t(NW) * ns * kb * NR);
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       const int64_t kc = std::min(kb, K - k0);
       for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
       for (int64_t s = s_packed; s < s1; ++s) {
-        // Prefetch the next K block's row segments, a few rows per strip (as the in-place path).
-        if (k0 + kb < K) {
-          const int64_t kn = std::min(kb, K - k0 - kb), j = s - s_packed;
-          const int64_t bytes = std::min<int64_t>(ns * NR, ncols - s_packed * NR) * int64_t(sizeof(W));
-          for (int64_t r = j * kn / ns; r < (j + 1) * kn / ns; ++r)
-            for (int w = 0; w < NW; ++w) {
-              const char* row = reinterpret_cast<const char*>(wts[w] + (k0 + kb + r) * ldw + s_packed * NR);
-              for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
-            }
-        }
+        prefetch_next_block<NW>(wts, ldw, k0 + kb, std::min(kb, K - k0 - kb), s - s_packed, ns, s_packed * NR, seg_bytes);
         const float* pw[NW];
         for (int w = 0; w < NW; ++w) pw[w] = panel + (w * ns + (s - s_packed)) * kb * NR;
         for (int64_t i0 = 0; i0 < n; i0 += MR) {
