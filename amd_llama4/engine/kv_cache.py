@@ -153,6 +153,25 @@ class KVCache:
         """Positions a query at end-1 (and earlier queries of this step) may read from this kind's cache."""
         return range(seq.chunk_start if kind == "chunked" else 0, end)
 
+    def read_maps(self, seqs: list[SeqBlocks], kind: str, ends: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots [B, L], positions [B, L], -1 = empty) of every key a query at ends[b] - 1 of
+        seqs[b] may read: `slots` over `visible_range`, on tensors, since a decode step reads the
+        whole context of every sequence and a Python loop over positions would cost more than the
+        layers' attention."""
+        ranges = [self.visible_range(seq, kind, end) for seq, end in zip(seqs, ends)]
+        bs, B = self.block_size, len(seqs)
+        base = torch.tensor([r.start for r in ranges])  # [B] position of slot 0 of the table
+        lens = torch.tensor([len(r) for r in ranges])
+        off = torch.arange(int(lens.max()))  # [L] position - base
+        width = max(1, max(len(seq.tables[kind]) for seq in seqs))
+        tab = torch.zeros(B, width, dtype=torch.long)
+        for b, seq in enumerate(seqs):
+            tab[b, :len(seq.tables[kind])] = torch.tensor(seq.tables[kind], dtype=torch.long)
+        blk = (off // bs).clamp(max=width - 1).expand(B, -1)
+        valid = off[None, :] < lens[:, None]
+        slots = torch.where(valid, tab.gather(1, blk) * bs + off % bs, 0)
+        return slots, torch.where(valid, base[:, None] + off, -1)
+
     # -- tensor side (called from the model's attention through StepCache) -------------------------
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]

@@ -53,34 +53,16 @@ class ModelRunner:
             pos[b, :n] = torch.arange(it.start, it.start + n)
             write_idx.extend(range(b * S, b * S + n))
         write_slots, read_slots, read_pos = {}, {}, {}
+        seqs, ends = [it.blocks for it in items], [it.start + len(it.tokens) for it in items]
         for kind in self.cache.kinds:
-            ws, ranges = [], []
+            ws = []
             for it in items:
                 ws += self.cache.slots(it.blocks, kind, range(it.start, it.start + len(it.tokens)))
-                ranges.append(self.cache.visible_range(it.blocks, kind, it.start + len(it.tokens)))
-            rs, rp = self._read_maps(items, kind, ranges)
+            rs, rp = self.cache.read_maps(seqs, kind, ends)
             write_slots[kind] = torch.tensor(ws, dtype=torch.long, device=self.device)
             read_slots[kind], read_pos[kind] = rs.to(self.device), rp.to(self.device)
         step = StepCache(self.cache, torch.tensor(write_idx, device=self.device), write_slots, read_slots, read_pos)
         return ids.to(self.device), pos.to(self.device), step
-
-    def _read_maps(self, items: list[StepItem], kind: str, ranges: list[range]):
-        """-> (slots [B, L], positions [B, L], -1 = empty) of every key each item may read. The same
-        slot rule as KVCache.slots, on tensors: a decode step reads the whole context of every
-        sequence, and a Python loop over positions would cost more than the layers' attention."""
-        bs, B = self.cache.block_size, len(items)
-        base = torch.tensor([r.start for r in ranges])  # [B] position of slot 0 of the table
-        lens = torch.tensor([len(r) for r in ranges])
-        off = torch.arange(int(lens.max()))  # [L] position - base
-        tables = [it.blocks.tables[kind] for it in items]
-        width = max(1, max(len(t) for t in tables))
-        tab = torch.zeros(B, width, dtype=torch.long)
-        for b, t in enumerate(tables):
-            tab[b, :len(t)] = torch.tensor(t, dtype=torch.long)
-        blk = (off // bs).clamp(max=width - 1).expand(B, -1)
-        valid = off[None, :] < lens[:, None]
-        slots = torch.where(valid, tab.gather(1, blk) * bs + off % bs, 0)
-        return slots, torch.where(valid, base[:, None] + off, -1)
 
     @torch.no_grad()
     def execute(self, items: list[StepItem]) -> torch.Tensor:

@@ -179,3 +179,27 @@ def _engine_generate(eng, prompts, sp):
         eng.add_request(str(i), p, sp)
     final = _run(eng)
     return [final[str(i)].outputs[0].token_ids[0] for i in range(len(prompts))]
+
+
+def test_read_maps_follow_the_slot_rule():
+    """KVCache.read_maps (tensor form, used every step) gives exactly KVCache.slots over
+    visible_range for each sequence, -1 positions past each one's context; chunked tables start
+    at the chunk."""
+    from amd_llama4.config import preset
+    from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+
+    cfg = preset("tiny-scout")  # chunk 32
+    cache = KVCache(cfg, num_blocks=64, block_size=4, dtype=torch.float32, device="cpu", allocate=False)
+    seqs, ends = [SeqBlocks(), SeqBlocks(), SeqBlocks()], [1, 45, 7]
+    for seq, end in zip(seqs, ends):
+        for start in range(0, end, 3):  # grow as prefill + decode pieces would, never across a chunk
+            stop = min(end, start + 3, (start // cfg.attention_chunk_size + 1) * cfg.attention_chunk_size)
+            cache.reserve(seq, start, stop)
+            if stop < min(end, start + 3):
+                cache.reserve(seq, stop, min(end, start + 3))
+    for kind in cache.kinds:
+        slots, pos = cache.read_maps(seqs, kind, ends)
+        for b, (seq, end) in enumerate(zip(seqs, ends)):
+            r = cache.visible_range(seq, kind, end)
+            assert pos[b, :len(r)].tolist() == list(r) and (pos[b, len(r):] == -1).all()
+            assert slots[b, :len(r)].tolist() == cache.slots(seq, kind, r)
