@@ -131,7 +131,7 @@ struct LinearArgs {
   bool bf16_w = false;
 };
 
-// One tile of mb (<= MB) x rows starting at m0 against weight rows w[0..NB).
+// x rows [m0, m0 + MB) (all valid) against weight rows w[0..NB); outputs past N go to a dump slot.
 template <int VW, int MB, int NB, typename W, typename Ld>
 AL4_INLINE void row_tile(const LinearArgs& a, int64_t m0, int64_t n0, const W* const* w, Ld ld,
                          const char* pf = nullptr, int64_t pf_step = 0) {
@@ -139,9 +139,8 @@ AL4_INLINE void row_tile(const LinearArgs& a, int64_t m0, int64_t n0, const W* c
   const float* x[MB];
   float* o[MB * NB];
   for (int i = 0; i < MB; ++i) {
-    const bool row_ok = m0 + i < a.M;
-    x[i] = a.x + (row_ok ? m0 + i : m0) * a.K;
-    for (int j = 0; j < NB; ++j) o[i * NB + j] = row_ok && n0 + j < a.N ? a.y + (m0 + i) * a.N + n0 + j : &dump;
+    x[i] = a.x + (m0 + i) * a.K;
+    for (int j = 0; j < NB; ++j) o[i * NB + j] = n0 + j < a.N ? a.y + (m0 + i) * a.N + n0 + j : &dump;
   }
   dot_tile<VW, MB, NB, W>(x, w, a.K, o, ld, pf, pf_step);
 }
@@ -161,16 +160,11 @@ AL4_INLINE void linear_rows(const LinearArgs& a, int64_t nb0, int64_t nb1, Ld ld
       const int64_t bytes = std::min<int64_t>(NB, a.N - n0 - kAhead * NB) * a.K * int64_t(sizeof(W));
       pf_step = ceil_div(bytes, std::max<int64_t>(1, a.K / VW)) + 63;
     }
+    static_assert(MB <= 2, "the remainder below is at most one row");
     int64_t m0 = 0;
     for (; m0 + MB <= a.M; m0 += MB, pf = nullptr) row_tile<VW, MB, NB, W>(a, m0, n0, w, ld, pf, pf_step);
-    // the last rows in a smaller tile: one token must not pay for MB rows of FMAs
-    const int64_t left = a.M - m0;
-    if (left == 1)
-      row_tile<VW, 1, NB, W>(a, m0, n0, w, ld, pf, pf_step);
-    else if (left == 2)
-      row_tile<VW, (MB > 2 ? 2 : MB), NB, W>(a, m0, n0, w, ld, pf, pf_step);
-    else if (left > 0)
-      row_tile<VW, MB, NB, W>(a, m0, n0, w, ld, pf, pf_step);
+    // the last row in a 1-row tile: one token must not pay for MB rows of FMAs
+    if (m0 < a.M) row_tile<VW, 1, NB, W>(a, m0, n0, w, ld, pf, pf_step);
   }
 }
 
