@@ -131,7 +131,9 @@ def dispatched(op: str):
 
 
 _MEMO: dict[tuple, tuple[tuple, Any]] = {}
-_MEMO_SIZE = 8
+# One step's tables (a mask per layer kind, one RoPE table) plus one: older ones are dropped at
+# once, so a long prefill's [B, S, L] masks are not held past the next step.
+_MEMO_SIZE = 4
 
 
 def same_inputs_memo(fn: Callable[..., Any], *args: Any) -> Any:
