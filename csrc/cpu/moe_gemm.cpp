@@ -23,7 +23,6 @@ namespace {
 constexpr int64_t KC = 256;  // longest K block of a packed panel
 constexpr int64_t kPanelBytes = 256 << 10;  // packed weights per K block: fits L2 beside the C tiles
 constexpr int64_t kFewRows = 8;  // at most this many rows per expert: strips grouped per task
-constexpr int64_t kMaxStripsPerTask = 16;  // more rows: up to this many strips (half an expert) per task
 
 struct MoeArgs {
   int64_t H = 0, I = 0, E = 0;
@@ -67,6 +66,28 @@ AL4_INLINE void prefetch_next_block(const W* const* wts, int64_t ldw, int64_t k1
       for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
     }
 }
+
+// The cache lines of a K block's weights (rows [k1, k1 + kn) of the NW matrices, a segment of
+// `bytes` from column col0 of each), handed out row by row so DRAM sees whole segments.
+template <int NW, typename W>
+struct BlockLines {
+  const W* const* wts;
+  int64_t ldw, col0, k1, kn, bytes;
+  int64_t r = 0, b = 0;
+  int w = 0;
+  int64_t total() const { return kn > 0 ? kn * NW * ceil_div(bytes, 64) : 0; }
+  AL4_INLINE int64_t take(const char** out, int64_t want) {  // up to `want` lines; how many
+    int64_t got = 0;
+    for (; got < want && r < kn; ++got) {
+      out[got] = reinterpret_cast<const char*>(wts[w] + (k1 + r) * ldw + col0) + b;
+      if ((b += 64) >= bytes) {
+        b = 0;
+        if (++w == NW) w = 0, ++r;
+      }
+    }
+    return got;
+  }
+};
 
 // Rows [r0, r0+n) of A ([*, K], fp32) times column strips [s0, s1) (NR = NV * VW columns each,
 // the last one may be partial) of NW weight matrices W[w] ([K, ldw], ncols columns) -> C tiles
@@ -126,8 +147,12 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       const int64_t kc = std::min(kb, K - k0);
       for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
+      // The next block's weights stream in under this block's FMAs: each row tile takes an even
+      // share of its lines, one per k step (a burst would stall on the full miss buffers).
+      BlockLines<NW, W> next{wts, ldw, s_packed * NR, k0 + kb, std::min(kb, K - k0 - kb), seg_bytes};
+      const int64_t quota = ceil_div(next.total(), ns * ceil_div(n, int64_t(MR)));
+      const char* pf[KC];
       for (int64_t s = s_packed; s < s1; ++s) {
-        prefetch_next_block<NW>(wts, ldw, k0 + kb, std::min(kb, K - k0 - kb), s - s_packed, ns, s_packed * NR, seg_bytes);
         const float* pw[NW];
         for (int w = 0; w < NW; ++w) pw[w] = panel + (w * ns + (s - s_packed)) * kb * NR;
         for (int64_t i0 = 0; i0 < n; i0 += MR) {
@@ -138,7 +163,10 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
             a[i] = A + (ok ? i0 + i : 0) * K + k0;
             for (int w = 0; w < NW; ++w) c[w * MR + i] = tile(w, s, i0 + i);
           }
-          microkernel<VW, MR, NV, NW>(a, kc, pw, NR, c);
+          for (int64_t extra = quota - kc; extra > 0; extra -= KC)  // more lines than k steps: the rest now
+            for (int64_t j = 0, m = next.take(pf, std::min(extra, KC)); j < m; ++j) __builtin_prefetch(pf[j], 0, 2);
+          const int64_t npf = next.take(pf, std::min(quota, kc));
+          microkernel<VW, MR, NV, NW>(a, kc, pw, NR, c, pf, npf);
         }
       }
     }
@@ -342,9 +370,10 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
   }
 
   const Isa& is = isa();
-  // Tasks are (expert, range of column strips). With few rows per expert (decode) the weights
-  // are read once and in place, so a task takes several strips (about 8 tasks per thread: longer
-  // reads than one strip, yet balanced threads). Otherwise up to half an expert per task (below).
+  // Tasks are (expert, range of column strips), as long as the threads stay balanced: about 8
+  // tasks per thread with few rows per expert (decode: the weights are read once, in place), 4
+  // otherwise. Long tasks read long row segments: a whole expert reads its weight rows end to end,
+  // which the hardware prefetcher streams (measured: 8-10% faster than half-expert tasks).
   int64_t active = 0, max_rows = 0;
   for (int64_t e = 0; e < E; ++e) {
     active += off[e + 1] > off[e];
@@ -352,9 +381,9 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
   }
   auto run_phase = [&](TaskFn fn, int64_t cols, int nr) {
     const int64_t strips = ceil_div(cols, nr);
-    const int64_t per_task = max_rows <= kFewRows
-        ? std::clamp<int64_t>(active * strips / (8 * int64_t(omp_get_max_threads())), 1, strips)
-        : std::clamp<int64_t>(std::min<int64_t>(kMaxStripsPerTask, ceil_div(strips, 2)), 1, strips);
+    const int64_t tasks_per_thread = max_rows <= kFewRows ? 8 : 4;
+    const int64_t per_task =
+        std::clamp<int64_t>(active * strips / (tasks_per_thread * int64_t(omp_get_max_threads())), 1, strips);
     std::vector<std::array<int64_t, 3>> tasks;
     for (int64_t e = 0; e < E; ++e)
       if (off[e + 1] > off[e])

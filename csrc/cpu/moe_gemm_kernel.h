@@ -58,10 +58,11 @@ AL4_INLINE void pack_strips(const W* w, int64_t ldw, int64_t ncols, int64_t k0, 
 // c[w][i][0:NR] += sum_k a[i][k] * panel[w][k * ldp : k * ldp + NR] for i < MR, w < NW.
 // Accumulators live in registers for the whole kc loop; a[i] are fp32 activation rows. Panels are
 // packed (ldp = NR) or, for a few rows of fp32 weights, the weight matrix itself (ldp = its row
-// stride): then packing would cost more than it saves.
+// stride): then packing would cost more than it saves. pf[0:npf]: cache lines to prefetch, one per
+// k step, so that the next weights stream in steadily under the FMAs rather than in bursts.
 template <int VW, int MR, int NV, int NW>
 AL4_INLINE void microkernel(const float* const* a, int64_t kc, const float* const* panel, int64_t ldp,
-                            float* const* c) {
+                            float* const* c, const char* const* pf = nullptr, int64_t npf = 0) {
   typedef float vec __attribute__((vector_size(VW * 4)));
   vec acc[NW][MR][NV];
 #pragma GCC unroll 64
@@ -71,6 +72,7 @@ AL4_INLINE void microkernel(const float* const* a, int64_t kc, const float* cons
 #pragma GCC unroll 64
       for (int v = 0; v < NV; ++v) __builtin_memcpy(&acc[w][i][v], c[w * MR + i] + v * VW, sizeof(vec));
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < npf) __builtin_prefetch(pf[k], 0, 2);
     vec b[NW][NV];
 #pragma GCC unroll 64
     for (int w = 0; w < NW; ++w)
