@@ -91,17 +91,33 @@ def _moe_inputs(T, H, E, inter, k, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# The small ones take the decode path (<= 8 rows per expert: fp32 weights read in place, strips
-# grouped per task, 1/2/4-row tiles); the large ones pack panels.
+# fp32 with <= 16 rows per expert streams weight rows (K split across tasks for (40, 1030, ...); K
+# and column tails for H=130); more rows, and bf16 always, pack panels.
 @pytest.mark.parametrize("T,H,E,inter,k", [(1, 64, 3, 32, 1), (7, 200, 16, 72, 2), (16, 96, 16, 64, 1),
                                            (6, 130, 3, 100, 2), (129, 100, 8, 136, 1), (129, 72, 128, 40, 2),
-                                           (40, 1030, 4, 520, 1)])  # several packed K blocks, partial strips
+                                           (40, 1030, 4, 520, 1),
+                                           (160, 1030, 3, 520, 1)])  # several packed K blocks, partial strips
 def test_fused_moe(dtype, T, H, E, inter, k):
     x, w1, w2, tw, ids = _moe_inputs(T, H, E, inter, k, dtype)
     got = native.fused_moe(x, w1, w2, tw, ids)
     torch.testing.assert_close(got, ops.fused_moe(x, w1, w2, tw, ids, backend="torch"), **TOL[dtype])
     if dtype == torch.float32:
         torch.testing.assert_close(got, moe_dense_reference(x, w1, w2, tw, ids), **TOL[dtype])
+
+
+def test_fused_moe_mixed_expert_loads():
+    """One call with a packed expert (40 rows), in-place ones (1 and 5 rows) and an empty one."""
+    g = torch.Generator().manual_seed(3)
+    H, inter, E = 136, 72, 5
+    counts = [40, 1, 0, 5, 3]
+    ids = torch.tensor([e for e, c in enumerate(counts) for _ in range(c)], dtype=torch.int32)
+    ids = ids[torch.randperm(len(ids), generator=g)].view(-1, 1)
+    x = torch.randn(len(ids), H, generator=g)
+    w1 = torch.randn(E, H, 2 * inter, generator=g) / H**0.5
+    w2 = torch.randn(E, inter, H, generator=g) / inter**0.5
+    tw = torch.rand(len(ids), 1, generator=g)
+    torch.testing.assert_close(native.fused_moe(x, w1, w2, tw, ids), moe_dense_reference(x, w1, w2, tw, ids),
+                               **TOL[torch.float32])
 
 
 def test_fused_moe_portable_isa(monkeypatch):
@@ -115,7 +131,11 @@ def test_fused_moe_portable_isa(monkeypatch):
             "w1 = torch.randn(5, 100, 80, generator=g) / 10; w2 = torch.randn(5, 40, 100, generator=g) / 7;"
             "tw, ids = ops.moe_topk_sigmoid(torch.randn(7, 5, generator=g), 2, backend='torch');"
             "torch.testing.assert_close(N.fused_moe(x, w1, w2, tw, ids),"
-            " ops.fused_moe(x, w1, w2, tw, ids, backend='torch'), rtol=1e-4, atol=1e-4)")
+            " ops.fused_moe(x, w1, w2, tw, ids, backend='torch'), rtol=1e-4, atol=1e-4);"
+            # 64 rows on 2 experts: the packed path
+            "x = torch.randn(64, 100, generator=g); tw, ids = ops.moe_topk_sigmoid(torch.randn(64, 2, generator=g), 1);"
+            "torch.testing.assert_close(N.fused_moe(x, w1[:2], w2[:2], tw, ids),"
+            " ops.fused_moe(x, w1[:2], w2[:2], tw, ids, backend='torch'), rtol=1e-4, atol=1e-4)")
     env = {**__import__("os").environ, "AMD_LLAMA4_CPU_ISA": "base"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
