@@ -1,6 +1,8 @@
 // The single pybind11 module amd_llama4._C. Tensors arrive as TensorRef (pointer, dtype, shape,
 // strides, device, stream) built by amd_llama4/ops/native.py; no libtorch link. Each launcher here
 // checks shapes/dtypes/contiguity (errors name the tensor), then runs the CPU or GPU kernel.
+#include <optional>
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -183,25 +185,41 @@ void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, con
   AL4_RUN(fused_moe, x, w1, w2, tw, ids, s1, s2, out);
 }
 
-// CPU only: on a GPU, torch's BLAS (hipBLASLt / cuBLAS) is the right linear.
-void linear(const TensorRef& x, const TensorRef& w, const TensorRef* bias, const TensorRef& out) {
+// CPU only: on a GPU, torch's BLAS (hipBLASLt / cuBLAS) is the right linear. Several weights that
+// share x (q/k/v; gate/up) in one call: out = [x w_0^T + b_0 | x w_1^T + b_1 | ...].
+void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vector<std::optional<TensorRef>>& bs,
+            const TensorRef& out) {
   const char* op = "linear";
   al4::check_dim(x, 2, op);
-  al4::check_dim(w, 2, op);
-  al4::check(w.size(1) == x.size(1), "linear: weight must be [N, K=" + std::to_string(x.size(1)) + "], got " +
-                                          al4::shape_str(w));
   al4::check_dtype(x, {al4::kF32, al4::kBF16}, op);
-  al4::check(w.dtype == x.dtype, "linear: weight must have x's dtype");
-  if (bias) {
-    al4::check_shape(*bias, {w.size(0)}, op);
-    al4::check(bias->dtype == x.dtype, "linear: bias must have x's dtype");
+  al4::check(!ws.empty(), "linear: no weights");
+  al4::check(bs.size() == ws.size(), "linear: " + std::to_string(ws.size()) + " weights but " +
+                                         std::to_string(bs.size()) + " biases (None for none)");
+  std::vector<const TensorRef*> biases;
+  int64_t n = 0;
+  for (size_t p = 0; p < ws.size(); ++p) {
+    const TensorRef& w = ws[p];
+    const TensorRef* bias = bs[p] ? &*bs[p] : nullptr;
+    al4::check_dim(w, 2, op);
+    al4::check(w.size(1) == x.size(1), "linear: " + w.name + " must be [N, K=" + std::to_string(x.size(1)) +
+                                            "], got " + al4::shape_str(w));
+    al4::check(w.dtype == x.dtype, "linear: " + w.name + " must have x's dtype");
+    if (bias) {
+      al4::check_shape(*bias, {w.size(0)}, op);
+      al4::check(bias->dtype == x.dtype, "linear: " + bias->name + " must have x's dtype");
+    }
+    contiguous({&w, bias}, op);
+    for (const TensorRef* t : {&w, bias})
+      if (t) al4::check(t->device == 0, "linear: " + t->name + " is a GPU tensor; the native linear is CPU only");
+    biases.push_back(bias);
+    n += w.size(0);
   }
-  al4::check_shape(out, {x.size(0), w.size(0)}, op);
+  al4::check_shape(out, {x.size(0), n}, op);
   al4::check(out.dtype == x.dtype, "linear: out must have x's dtype");
-  contiguous({&x, &w, bias, &out}, op);
-  for (const TensorRef* t : {&x, &w, bias, &out})
-    if (t) al4::check(t->device == 0, "linear: " + t->name + " is a GPU tensor; the native linear is CPU only");
-  al4::cpu::linear(x, w, bias, out);
+  contiguous({&x, &out}, op);
+  for (const TensorRef* t : {&x, &out})
+    al4::check(t->device == 0, "linear: " + t->name + " is a GPU tensor; the native linear is CPU only");
+  al4::cpu::linear(x, ws, biases, out);
 }
 
 py::dict build_info() {
@@ -253,7 +271,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("fn_to_fnuz", &fn_to_fnuz, nogil);
   m.def("fused_moe", &fused_moe, py::arg("x"), py::arg("w_gate_up"), py::arg("w_down"), py::arg("topk_weights"),
         py::arg("topk_ids"), py::arg("w1_scale").none(true), py::arg("w2_scale").none(true), py::arg("out"), nogil);
-  m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias").none(true), py::arg("out"), nogil);
+  m.def("linear", &linear, py::arg("x"), py::arg("weights"), py::arg("biases"), py::arg("out"), nogil);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK
   al4::ck_backend::register_ops(m);  // ck_fused_moe*: chosen over fused_moe in amd_llama4/ops/native.py

@@ -192,13 +192,19 @@ class KVCache:
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
         if not self.fp8:
-            return self.k[kind][li][slots], self.v[kind][li][slots]
+            return _gather(self.k[kind][li], slots), _gather(self.v[kind][li], slots)
         # gather bytes, then reinterpret (no float8 indexing kernels on CPU), then dequantise
-        k = self.k[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
-        v = self.v[kind][li].view(torch.uint8)[slots].view(self.store_dtype)
+        k = _gather(self.k[kind][li].view(torch.uint8), slots).view(self.store_dtype)
+        v = _gather(self.v[kind][li].view(torch.uint8), slots).view(self.store_dtype)
         if self.static[layer]:
             sk, sv = self.scales[layer][:, :, None]  # [Hkv, 1] against [..., Hkv, D]
         else:
-            ts = self.token_scales[kind][li][slots]  # [..., 2, Hkv]
+            ts = _gather(self.token_scales[kind][li], slots)  # [..., 2, Hkv]
             sk, sv = ts[..., 0, :, None], ts[..., 1, :, None]
         return (k.float() * sk).to(self.dtype), (v.float() * sv).to(self.dtype)
+
+
+def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """cache[slots] ([*slots.shape, *cache.shape[1:]]) as one index_select: 4x faster than advanced
+    indexing on CPU, and a decode step gathers every layer's whole context."""
+    return cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])

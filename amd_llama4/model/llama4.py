@@ -9,7 +9,6 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from amd_llama4 import ops
 from amd_llama4.config import Llama4Config
@@ -43,6 +42,16 @@ class Linear(nn.Linear):
         return ops.linear(x, self.weight, self.bias)
 
 
+def project(x: torch.Tensor, *mods: nn.Module) -> torch.Tensor:
+    """[mods[0](x) | mods[1](x) | ...] along the last dim: several projections of one input. Plain
+    `Linear` layers run as one ops.linear_concat (one kernel call for q/k/v or gate/up); others
+    (FP8Linear) one by one."""
+    if not all(type(m) is Linear for m in mods):
+        return torch.cat([m(x) for m in mods], dim=-1)
+    biases = None if all(m.bias is None for m in mods) else [m.bias for m in mods]
+    return ops.linear_concat(x, [m.weight for m in mods], biases)
+
+
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)). The dense FFN and the MoE shared expert.
     Under tensor parallelism `inter` is this rank's slice and the output a partial sum, reduced here
@@ -56,7 +65,7 @@ class MLP(nn.Module):
         self.down_proj = Linear(inter, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        out = self.down_proj(ops.silu_and_mul(project(x, self.gate_proj, self.up_proj)))
         return self.par.all_reduce(out) if self.par is not None else out
 
 
@@ -127,9 +136,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
                 cache: KVCache | None) -> torch.Tensor:
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim)
+        q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj).split(
+            [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+        q = q.view(B, S, self.n_heads, self.head_dim)
+        k = k.view(B, S, self.n_kv, self.head_dim)
+        v = v.view(B, S, self.n_kv, self.head_dim)
         if self.use_rope:
             q = ops.apply_rope(q, positions, inv_freq)
             k = ops.apply_rope(k, positions, inv_freq)

@@ -3,13 +3,13 @@ backend; faster backends (native `_C`, Triton) register themselves; `dispatch.re
 from amd_llama4.ops.activation import silu_and_mul
 from amd_llama4.ops.attention import attention, attention_mask, temperature_scale
 from amd_llama4.ops.dispatch import available, preference, register, resolve
-from amd_llama4.ops.linear import linear
+from amd_llama4.ops.linear import linear, linear_concat
 from amd_llama4.ops.moe import fused_moe, moe_align_block_size, moe_topk_sigmoid
 from amd_llama4.ops.norm import rms_norm
 from amd_llama4.ops.rope import apply_rope, rope_inv_freq
 
 __all__ = ["silu_and_mul", "attention", "attention_mask", "temperature_scale", "available", "preference",
-           "register", "resolve", "linear", "fused_moe", "moe_align_block_size", "moe_topk_sigmoid", "rms_norm",
+           "register", "resolve", "linear", "linear_concat", "fused_moe", "moe_align_block_size", "moe_topk_sigmoid", "rms_norm",
            "apply_rope", "rope_inv_freq"]
 from amd_llama4.ops.fp8 import FP8_MAX, dequantize_fp8, fn_to_fnuz, quantize_fp8  # noqa: E402
 

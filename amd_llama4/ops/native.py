@@ -39,9 +39,11 @@ _GPU = _C is not None and build_info()["backend"] in ("rocm", "cuda")
 
 
 def _ref(t: torch.Tensor, name: str):
-    gpu = t.device.type != "cpu"
-    stream = torch.cuda.current_stream(t.device).cuda_stream if gpu else 0
-    return _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], list(t.shape), list(t.stride()), int(gpu), stream, name)
+    # called ~300 times per decode step: attribute reads only (is_cuda is also true on ROCm)
+    if t.is_cuda:
+        return _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride(), 1,
+                            torch.cuda.current_stream(t.device).cuda_stream, name)
+    return _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride(), 0, 0, name)
 
 
 def _device_ok(*ts: torch.Tensor | None) -> bool:
@@ -173,21 +175,36 @@ LINEAR_MAX_ROWS = 16
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     # x: [..., K]; weight: [N, K]; bias: [N] | None -> [..., N]
-    K, N = x.shape[-1], weight.shape[0]
+    return linear_concat(x, (weight,), None if bias is None else (bias,))
+
+
+def linear_concat(x: torch.Tensor, weights, biases=None) -> torch.Tensor:
+    # x: [..., K]; weights[p]: [N_p, K]; biases[p]: [N_p] | None -> [..., sum N_p], one kernel call
+    K, N = x.shape[-1], sum(w.shape[0] for w in weights)
     x2 = x.reshape(-1, K).contiguous()
     out = torch.empty(x2.shape[0], N, dtype=x.dtype)
-    _C.linear(_ref(x2, "x"), _ref(weight.contiguous(), "weight"),
-              None if bias is None else _ref(bias.contiguous(), "bias"), _ref(out, "out"))
+    biases = biases or (None,) * len(weights)
+    _C.linear(_ref(x2, "x"), [_ref(w.contiguous(), f"weights[{i}]") for i, w in enumerate(weights)],
+              [None if b is None else _ref(b.contiguous(), f"biases[{i}]") for i, b in enumerate(biases)],
+              _ref(out, "out"))
     return out.reshape(*x.shape[:-1], N)
 
 
 def _linear_ok(x, weight, bias=None) -> bool:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    return _linear_concat_ok(x, (weight,), None if bias is None else (bias,))
+
+
+def _linear_concat_ok(x, weights, biases=None) -> bool:
+    biases = biases or ()
+    if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad
+                                                           for t in (*weights, *biases))):
         return False  # no autograd in the native kernel (training runs the torch path)
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype in _ACT_DTYPES
-            and weight.dtype == x.dtype and weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1]
-            and x.shape[-1] > 0 and 0 < x.numel() // x.shape[-1] <= LINEAR_MAX_ROWS and weight.is_contiguous()
-            and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu")))
+    K = x.shape[-1] if x.dim() >= 1 else 0
+    return (x.device.type == "cpu" and x.dtype in _ACT_DTYPES and K > 0 and 0 < x.numel() // K <= LINEAR_MAX_ROWS
+            and len(weights) > 0 and (not biases or len(biases) == len(weights))
+            and all(w.device.type == "cpu" and w.dtype == x.dtype and w.dim() == 2 and w.shape[1] == K
+                    and w.is_contiguous() for w in weights)
+            and all(b is None or (b.dtype == x.dtype and b.device.type == "cpu") for b in biases))
 
 
 # ---------------------------------------------------------------- Composable Kernel (AMD_LLAMA4_WITH_CK builds)
@@ -313,6 +330,7 @@ if _C is not None:
     register("moe_align_block_size", "native", supports=_align_ok)(moe_align_block_size)
     register("fused_moe", "native", supports=_fused_moe_ok)(fused_moe)
     register("linear", "native", supports=_linear_ok)(linear)
+    register("linear_concat", "native", supports=_linear_concat_ok)(linear_concat)
     if _CK:  # replaces the plain native fused_moe: CK first (AMD_LLAMA4_NO_CK=1 turns it off), then ours
         register("fused_moe", "native", supports=_fused_moe_native_ok)(_fused_moe_native)
     register("fused_moe_fp8", "native", supports=_fused_moe_fp8_ok)(fused_moe_fp8)

@@ -8,6 +8,8 @@
 inline int omp_get_max_threads() { return 1; }  // built without OpenMP: serial
 #endif
 
+#include <vector>
+
 #include "al4_tensor.h"
 
 namespace al4::cpu {
@@ -41,7 +43,8 @@ void dequantize_fp8(const TensorRef& q, const TensorRef& scale, int64_t block_r,
 void fn_to_fnuz(const TensorRef& q, const TensorRef& out);
 void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& w_down, const TensorRef& topk_weights,
                const TensorRef& topk_ids, const TensorRef* w1_scale, const TensorRef* w2_scale, const TensorRef& out);
-void linear(const TensorRef& x, const TensorRef& w, const TensorRef* bias, const TensorRef& out);
+void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vector<const TensorRef*>& biases,
+            const TensorRef& out);
 const char* gemm_isa();
 int cpu_isa_level();  // 4: AVX-512 (x86-64-v4), 3: AVX2 (v3), 0: portable; AMD_LLAMA4_CPU_ISA forces lower
 

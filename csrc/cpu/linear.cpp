@@ -3,7 +3,8 @@
 // packing and blocking cost more than the arithmetic. Each output is a dot product over K; a tile
 // of MB x rows and NB weight rows keeps MB*NB vector accumulators, so every weight vector loaded
 // from memory feeds MB FMAs and the x rows stay in L1. Threads take contiguous ranges of weight
-// rows: long sequential reads. fp32 math; bf16 weights are widened on load.
+// rows: long sequential reads. fp32 math; bf16 weights are widened on load. Several weights that
+// share the input (q/k/v, gate/up) run in one call: their outputs side by side in one [M, sum N].
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -126,8 +127,8 @@ constexpr int kAhead = 1;
 struct LinearArgs {
   const float* x = nullptr;  // [M, K] fp32
   const void* w = nullptr;   // [N, K]
-  float* y = nullptr;        // [M, N] fp32
-  int64_t M = 0, N = 0, K = 0;
+  float* y = nullptr;        // [M, N] fp32, row stride ldy
+  int64_t M = 0, N = 0, K = 0, ldy = 0;
   bool bf16_w = false;
 };
 
@@ -140,7 +141,7 @@ AL4_INLINE void row_tile(const LinearArgs& a, int64_t m0, int64_t n0, const W* c
   float* o[MB * NB];
   for (int i = 0; i < MB; ++i) {
     x[i] = a.x + (m0 + i) * a.K;
-    for (int j = 0; j < NB; ++j) o[i * NB + j] = n0 + j < a.N ? a.y + (m0 + i) * a.N + n0 + j : &dump;
+    for (int j = 0; j < NB; ++j) o[i * NB + j] = n0 + j < a.N ? a.y + (m0 + i) * a.ldy + n0 + j : &dump;
   }
   dot_tile<VW, MB, NB, W>(x, w, a.K, o, ld, pf, pf_step);
 }
@@ -160,11 +161,10 @@ AL4_INLINE void linear_rows(const LinearArgs& a, int64_t nb0, int64_t nb1, Ld ld
       const int64_t bytes = std::min<int64_t>(NB, a.N - n0 - kAhead * NB) * a.K * int64_t(sizeof(W));
       pf_step = ceil_div(bytes, std::max<int64_t>(1, a.K / VW)) + 63;
     }
-    static_assert(MB <= 2, "the remainder below is at most one row");
     int64_t m0 = 0;
     for (; m0 + MB <= a.M; m0 += MB, pf = nullptr) row_tile<VW, MB, NB, W>(a, m0, n0, w, ld, pf, pf_step);
-    // the last row in a 1-row tile: one token must not pay for MB rows of FMAs
-    if (m0 < a.M) row_tile<VW, 1, NB, W>(a, m0, n0, w, ld, pf, pf_step);
+    // the last rows in 1-row tiles: one token must not pay for MB rows of FMAs
+    for (; m0 < a.M; ++m0, pf = nullptr) row_tile<VW, 1, NB, W>(a, m0, n0, w, ld, pf, pf_step);
   }
 }
 
@@ -201,39 +201,65 @@ RowsFn rows_fn() {
 
 }  // namespace
 
-// x: [M, K] fp32|bf16; w: [N, K] of x's dtype; bias: [N] or null -> out: [M, N] of x's dtype.
-void linear(const TensorRef& x, const TensorRef& w, const TensorRef* bias, const TensorRef& out) {
-  LinearArgs a;
-  a.M = x.size(0), a.K = x.size(1), a.N = w.size(0);
-  a.w = reinterpret_cast<const void*>(w.ptr);
-  a.bf16_w = w.dtype == kBF16;
+// x: [M, K] fp32|bf16; ws[p]: [N_p, K] of x's dtype; biases[p]: [N_p] or null -> out: [M, sum N_p] of
+// x's dtype, weight p's outputs in columns [sum_{q<p} N_q, ... + N_p).
+void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vector<const TensorRef*>& biases,
+            const TensorRef& out) {
+  const int64_t M = x.size(0), K = x.size(1), Ntot = out.size(1);
   std::vector<float> xf, yf;
+  const float* xp = nullptr;
+  float* yp = nullptr;
   dispatch_act(x, "linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same_v<T, float>) {
-      a.x = x.data<float>();
-      a.y = out.data<float>();
+      xp = x.data<float>();
+      yp = out.data<float>();
     } else {  // bf16: widen x, accumulate in fp32, round once at the end (as torch does)
-      xf.resize(size_t(a.M * a.K));
-      yf.resize(size_t(a.M * a.N));
-      for (int64_t i = 0; i < a.M * a.K; ++i) xf[i] = load_f32(x.data<T>(), i);
-      a.x = xf.data(), a.y = yf.data();
+      xf.resize(size_t(M * K));
+      yf.resize(size_t(M * Ntot));
+      for (int64_t i = 0; i < M * K; ++i) xf[i] = load_f32(x.data<T>(), i);
+      xp = xf.data(), yp = yf.data();
     }
   });
+  // One job list over all weights: (weight, its tiles [b0, b1)), contiguous tile ranges per thread.
+  std::vector<LinearArgs> parts(ws.size());
+  std::vector<int64_t> first_block(ws.size() + 1, 0);
+  int64_t col = 0, work = 0;
+  for (size_t p = 0; p < ws.size(); ++p) {
+    LinearArgs& a = parts[p];
+    a.M = M, a.K = K, a.N = ws[p].size(0), a.ldy = Ntot;
+    a.x = xp, a.y = yp + col;
+    a.w = reinterpret_cast<const void*>(ws[p].ptr);
+    a.bf16_w = ws[p].dtype == kBF16;
+    col += a.N;
+    work += a.N * K;
+    first_block[p + 1] = first_block[p] + ceil_div(a.N, int64_t(kNB));
+  }
   static const RowsFn rows = rows_fn();
-  const int64_t blocks = ceil_div(a.N, int64_t(kNB));
+  const int64_t blocks = first_block.back();
   const int64_t threads = int64_t(omp_get_max_threads());
-  const bool par = a.N * a.K * std::max<int64_t>(a.M, 4) > (1 << 16);  // tiny layers stay serial
+  const bool par = work * std::max<int64_t>(M, 4) > (1 << 16);  // tiny layers stay serial
   const int64_t chunks = par ? std::min(blocks, threads) : 1;
 #pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) rows(a, blocks * c / chunks, blocks * (c + 1) / chunks);
-  if (x.dtype == kF32 && bias == nullptr) return;  // written in place
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
+    for (size_t p = 0; p < parts.size(); ++p) {
+      const int64_t lo = std::max(b0, first_block[p]), hi = std::min(b1, first_block[p + 1]);
+      if (lo < hi) rows(parts[p], lo - first_block[p], hi - first_block[p]);
+    }
+  }
+  bool any_bias = false;
+  for (const TensorRef* b : biases) any_bias = any_bias || b != nullptr;
+  if (x.dtype == kF32 && !any_bias) return;  // written in place
   dispatch_act(out, "linear", [&](auto tag) {
     using T = decltype(tag);
     T* op = out.data<T>();
-    for (int64_t m = 0; m < a.M; ++m)
-      for (int64_t n = 0; n < a.N; ++n)
-        store_f32(op, m * a.N + n, a.y[m * a.N + n] + (bias ? load_f32(bias->data<T>(), n) : 0.0f));
+    for (size_t p = 0, c0 = 0; p < parts.size(); c0 += parts[p].N, ++p)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < parts[p].N; ++n) {
+          const int64_t i = m * Ntot + int64_t(c0) + n;
+          store_f32(op, i, yp[i] + (biases[p] ? load_f32(biases[p]->data<T>(), n) : 0.0f));
+        }
   });
 }
 

@@ -334,7 +334,7 @@ void quantize_rows(float* v, float* scale, int64_t n, int64_t cols) {
 void streamed_moe(const MoeArgs& g, AxpyFn axpy, int64_t N, int64_t active) {
   const int64_t H = g.H, I = g.I;
   // K ranges per expert: about 4 tasks per thread, each range at least 64 rows
-  const int64_t ks = std::clamp<int64_t>(ceil_div(4 * int64_t(omp_get_max_threads()), active), 1,
+  const int64_t ks = std::clamp<int64_t>(ceil_div(4 * int64_t(omp_get_max_threads()), std::max<int64_t>(active, 1)), 1,
                                          std::max<int64_t>(1, std::min(H, I) / 64));
   std::vector<std::array<int64_t, 2>> tasks;
   for (int64_t e = 0; e < g.E; ++e)

@@ -118,6 +118,8 @@ def test_fused_moe_mixed_expert_loads():
     tw = torch.rand(len(ids), 1, generator=g)
     torch.testing.assert_close(native.fused_moe(x, w1, w2, tw, ids), moe_dense_reference(x, w1, w2, tw, ids),
                                **TOL[torch.float32])
+    # no tokens at all (an expert-parallel rank that got none): empty output, no crash
+    assert native.fused_moe(x[:0], w1, w2, tw[:0], ids[:0]).shape == (0, H)
 
 
 def test_fused_moe_portable_isa(monkeypatch):
