@@ -36,10 +36,10 @@ CASES = {
                            floor_scale=3, attn_scale=0.4, rope_theta=500000.0,
                            rope_scaling=dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
                                              original_max_position_embeddings=8)),
-    # temperature tuning off, chunk 7, 4 experts top-1
+    # temperature tuning off, chunk 7, 4 experts top-1, biased q/k/v/o projections
     "no-temperature": dict(num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=1, use_qk_norm=True,
                            interleave_moe_layer_step=1, attention_chunk_size=7, attn_temperature_tuning=False,
-                           rope_scaling=None),
+                           rope_scaling=None, attention_bias=True),
 }
 
 

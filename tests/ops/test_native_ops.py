@@ -185,6 +185,28 @@ def test_linear_strided_batched_and_errors():
         native.linear(x, w.bfloat16())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,Ns", [(1, 64, (64, 16, 16)), (7, 129, (9, 33, 1)), (16, 512, (512, 512))])
+def test_linear_concat(dtype, M, K, Ns):
+    """Several weights over one input in one call: outputs side by side, each with its own bias (or
+    none); tile ranges of one thread span weight boundaries."""
+    g = torch.Generator().manual_seed(M + K)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    ws = [(torch.randn(n, K, generator=g) / K**0.5).to(dtype) for n in Ns]
+    bs = [torch.randn(n, generator=g).to(dtype) if i % 2 == 0 else None for i, n in enumerate(Ns)]
+    for biases in (None, bs):
+        got = native.linear_concat(x, ws, biases)
+        assert got.shape == (M, sum(Ns)) and got.dtype == dtype
+        torch.testing.assert_close(got, ops.linear_concat(x, ws, biases, backend="torch"), **TOL[dtype])
+        torch.testing.assert_close(got, torch.cat([torch.nn.functional.linear(x, w, b) for w, b in
+                                                   zip(ws, biases or [None] * len(ws))], -1), **TOL[dtype])
+    assert dispatch.resolve("linear_concat", (x, ws), {}) is native.linear_concat
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        native.linear_concat(x, [ws[0], ws[1][:, :-1]])
+    with pytest.raises(ValueError, match="2 weights but 1 biases"):
+        ops.linear_concat(x, ws[:2], [None], backend="torch")
+
+
 def test_linear_dispatch_small_rows_only():
     """Native for the decode step's few rows; larger inputs (prefill) and autograd stay with torch."""
     w = torch.randn(8, 32)
