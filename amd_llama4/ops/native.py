@@ -61,8 +61,14 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], d)
 
 
+# On CPU the native kernel (scalar expf) wins only while one call instead of torch's two matters:
+# 0.72 ms against 0.16 ms at [512, 2048], ahead at the decode step's [16, 1024].
+SILU_CPU_MAX_NUMEL = 1 << 16
+
+
 def _silu_and_mul_ok(x, *a, **k) -> bool:
-    return x.dtype in _ACT_DTYPES and x.dim() >= 1 and x.shape[-1] % 2 == 0 and _device_ok(x)
+    return (x.dtype in _ACT_DTYPES and x.dim() >= 1 and x.shape[-1] % 2 == 0 and _device_ok(x)
+            and (x.is_cuda or x.numel() <= SILU_CPU_MAX_NUMEL))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None):

@@ -156,6 +156,8 @@ def test_fused_moe_non_contiguous_and_errors():
 def test_dispatch_picks_native_on_cpu():
     x = torch.randn(3, 8)
     assert dispatch.resolve("silu_and_mul", (x,), {}) is native.silu_and_mul
+    big = torch.randn(2, native.SILU_CPU_MAX_NUMEL // 2 + 2)  # prefill-sized: torch's vectorised exp
+    assert dispatch.resolve("silu_and_mul", (big,), {}).__module__ == "amd_llama4.ops.activation"
     assert dispatch.resolve("fused_moe", (x.half(), x.half(), x.half(), x, x), {}).__module__ == "amd_llama4.ops.moe"
 
 
