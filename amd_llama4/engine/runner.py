@@ -24,15 +24,17 @@ class StepCache:
     def __init__(self, cache: KVCache, write_idx: torch.Tensor, write_slots: dict, read_slots: dict,
                  read_pos: dict):
         self.cache = cache
-        self.write_idx = write_idx  # [N] indices of real (non-padding) tokens in the flat [B*S] batch
+        # [N] indices of real (non-padding) tokens in the flat [B*S] batch; None: all are (decode)
+        self.write_idx = write_idx
         self.write_slots, self.read_slots, self.read_pos = write_slots, read_slots, read_pos
 
     def update(self, layer, k, v, positions):
         # k, v: [B, S, Hkv, D] -> every visible key of this layer kind: [B, L, Hkv, D], k_pos [B, L]
         kind = self.cache.kind_of_layer[layer]
         B, S = k.shape[:2]
-        flat_k = k.reshape(B * S, *k.shape[2:]).index_select(0, self.write_idx)
-        flat_v = v.reshape(B * S, *v.shape[2:]).index_select(0, self.write_idx)
+        flat_k, flat_v = k.reshape(B * S, *k.shape[2:]), v.reshape(B * S, *v.shape[2:])
+        if self.write_idx is not None:
+            flat_k, flat_v = flat_k.index_select(0, self.write_idx), flat_v.index_select(0, self.write_idx)
         self.cache.write(layer, flat_k, flat_v, self.write_slots[kind])
         k_all, v_all = self.cache.read(layer, self.read_slots[kind])
         return k_all, v_all, self.read_pos[kind]
@@ -61,7 +63,8 @@ class ModelRunner:
             rs, rp = self.cache.read_maps(seqs, kind, ends)
             write_slots[kind] = torch.tensor(ws, dtype=torch.long, device=self.device)
             read_slots[kind], read_pos[kind] = rs.to(self.device), rp.to(self.device)
-        step = StepCache(self.cache, torch.tensor(write_idx, device=self.device), write_slots, read_slots, read_pos)
+        write_idx = None if len(write_idx) == B * S else torch.tensor(write_idx, device=self.device)
+        step = StepCache(self.cache, write_idx, write_slots, read_slots, read_pos)
         return ids.to(self.device), pos.to(self.device), step
 
     @torch.no_grad()
