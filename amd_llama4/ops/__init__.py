@@ -9,8 +9,8 @@ from amd_llama4.ops.norm import rms_norm
 from amd_llama4.ops.rope import apply_rope, rope_inv_freq
 
 __all__ = ["silu_and_mul", "attention", "attention_mask", "temperature_scale", "available", "preference",
-           "register", "resolve", "linear", "linear_concat", "fused_moe", "moe_align_block_size", "moe_topk_sigmoid", "rms_norm",
-           "apply_rope", "rope_inv_freq"]
+           "register", "resolve", "linear", "linear_concat", "fused_moe", "moe_align_block_size",
+           "moe_topk_sigmoid", "rms_norm", "apply_rope", "rope_inv_freq"]
 from amd_llama4.ops.fp8 import FP8_MAX, dequantize_fp8, fn_to_fnuz, quantize_fp8  # noqa: E402
 
 __all__ += ["FP8_MAX", "dequantize_fp8", "fn_to_fnuz", "quantize_fp8"]
