@@ -208,17 +208,18 @@ void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vec
       al4::check_shape(*bias, {w.size(0)}, op);
       al4::check(bias->dtype == x.dtype, "linear: " + bias->name + " must have x's dtype");
     }
-    contiguous({&w, bias}, op);
-    for (const TensorRef* t : {&w, bias})
-      if (t) al4::check(t->device == 0, "linear: " + t->name + " is a GPU tensor; the native linear is CPU only");
     biases.push_back(bias);
     n += w.size(0);
   }
   al4::check_shape(out, {x.size(0), n}, op);
   al4::check(out.dtype == x.dtype, "linear: out must have x's dtype");
-  contiguous({&x, &out}, op);
-  for (const TensorRef* t : {&x, &out})
+  std::vector<const TensorRef*> all = {&x, &out};
+  for (size_t p = 0; p < ws.size(); ++p) all.insert(all.end(), {&ws[p], biases[p]});
+  for (const TensorRef* t : all) {
+    if (!t) continue;
+    al4::check_contiguous(*t, op);
     al4::check(t->device == 0, "linear: " + t->name + " is a GPU tensor; the native linear is CPU only");
+  }
   al4::cpu::linear(x, ws, biases, out);
 }
 

@@ -24,8 +24,8 @@ namespace {
 
 constexpr int64_t KC = 256;  // longest K block of a packed panel
 constexpr int64_t kPanelBytes = 256 << 10;  // packed weights per K block: fits L2 beside the C tiles
-constexpr int64_t kFewRows = 8;
-constexpr int64_t kStreamRows = 16;  // fp32, at most this many rows per expert: weight rows streamed  // at most this many rows per expert: strips grouped per task
+constexpr int64_t kFewRows = 8;  // at most this many rows per expert: strips grouped per task
+constexpr int64_t kStreamRows = 16;  // fp32, at most this many rows per expert: weight rows streamed
 
 struct MoeArgs {
   int64_t H = 0, I = 0, E = 0;
@@ -246,7 +246,8 @@ AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, D
   }
 }
 
-// Decode task: part[0:n][0:cols] = A[0:n][k0:k1] W[k0:k1][0:cols] (fp32, W row stride ldw).
+// Decode task: part[0:n][0:cols] = A[0:n][k0:k1] W[k0:k1][0:cols] (fp32, W row stride ldw), 8 rows
+// per pass over the weights.
 template <class Cfg>
 AL4_INLINE void axpy_rows(const float* A, int64_t lda, int64_t n, const float* w, int64_t ldw, int64_t cols,
                           int64_t k0, int64_t k1, float* part) {
@@ -358,15 +359,15 @@ void streamed_moe(const MoeArgs& g, AxpyFn axpy, int64_t N, int64_t active) {
   const int64_t nt = int64_t(tasks.size());
   // Uninitialised: each task zeroes its own [rows, cols] part before adding to it.
   std::unique_ptr<float[]> parts(new float[ks * N * std::max(2 * I, H)]);
-  auto gemm = [&](const float* A, int64_t K, const float* W, int64_t cols) {  // parts[j] = A W over range j
+  auto part = [&](int64_t j, int64_t r, int64_t cols) { return parts.get() + (j * N + r) * cols; };
+  auto gemm = [&](const float* A, int64_t K, const float* W, int64_t cols) {  // part j = A W over range j
 #pragma omp parallel for schedule(dynamic, 1) if (nt > 1)
     for (int64_t t = 0; t < nt; ++t) {
       const int64_t e = tasks[t][0], j = tasks[t][1], r0 = g.off[e];
       axpy(A + r0 * K, K, g.off[e + 1] - r0, W + e * K * cols, cols, cols, j * K / ks, (j + 1) * K / ks,
-           parts.get() + (j * N + r0) * cols);
+           part(j, r0, cols));
     }
   };
-  auto part = [&](int64_t j, int64_t r, int64_t cols) { return parts.get() + (j * N + r) * cols; };
 
   gemm(g.xin, H, static_cast<const float*>(g.w1), 2 * I);
 #pragma omp parallel for schedule(static) if (N * I > kParallelMin)
@@ -492,8 +493,8 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
     streamed_moe(g, is.axpy, N, active);
   } else {
     run_phase(is.gate_up, I, is.nr_gate_up);
-  if (fp8) g.fnuz ? quantize_rows<true>(h, hs.data(), N, I) : quantize_rows<false>(h, hs.data(), N, I);
-  run_phase(is.down, H, is.nr_down);
+    if (fp8) g.fnuz ? quantize_rows<true>(h, hs.data(), N, I) : quantize_rows<false>(h, hs.data(), N, I);
+    run_phase(is.down, H, is.nr_down);
   }
 
   // Sum over the k slots of each token in fp32, one rounding to the output dtype.
