@@ -32,15 +32,20 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 @dataclass
 class EngineArgs:
     model: str
-    dtype: str | torch.dtype = "auto"
-    device: str = "cpu"
+    dtype: str | torch.dtype = "auto"  # GPU: the checkpoint's torch_dtype; CPU: see platform.resolve_dtype
+    device: str = "auto"  # the GPU when torch sees one (ROCm or CUDA), else CPU
     kv_cache_dtype: str = "auto"
     quantization: str | QuantConfig | None = None
     max_model_len: int | None = None
     max_num_seqs: int = 64
     max_num_batched_tokens: int | None = None
     block_size: int = 16
-    num_kv_blocks: int | None = None  # default: enough for max_num_seqs sequences of max_model_len
+    # KV memory (vLLM's names): the cache gets gpu_memory_utilization x device memory minus what the
+    # weights and a profiled forward take; kv_cache_memory_bytes overrides that (and sizes it on CPU)
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None
+    num_kv_blocks: int | None = None  # test hook: blocks per pool, bypassing the memory model
+    enforce_eager: bool = False  # GPU: no HIP/CUDA graphs for the decode step
     tokenizer: str | None = None
     seed: int = 0
     tensor_parallel_size: int = 1
