@@ -52,6 +52,17 @@ def kind() -> str:
     return "cpu"
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None): the current GPU when torch sees one (ROCm or CUDA), else the CPU.
+    Anything else is taken as a torch device spec ('cpu', 'cuda', 'cuda:1', 'meta')."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda", torch.cuda.current_device()) if kind() != "cpu" else torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: expected 'auto', 'cpu', 'cuda[:N]' or 'meta' ({e})") from None
+
+
 def gpu_arch(index: int = 0) -> str | None:
     """e.g. 'gfx942' on MI300X, 'sm_90' on H100/H200, None on CPU."""
     k = kind()
