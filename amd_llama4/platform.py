@@ -33,16 +33,44 @@ DEVICE_SPECS: dict[str, DeviceSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class FP8Format:
+    """One float8 storage format: torch dtype, largest finite value, smallest normal exponent as a
+    biased fp32 exponent (127 + e_min; the in-kernel round-to-grid), Triton's type name, NaN bytes."""
+
+    name: str
+    dtype: torch.dtype
+    max: float
+    emin_biased: int
+    triton: str
+    nan_bits: tuple[int, ...]
+
+
+# The one table of FP8 facts; every other module derives from it.
+FP8_FORMATS: dict[str, FP8Format] = {f.name: f for f in (
+    FP8Format("e4m3fn", torch.float8_e4m3fn, 448.0, 121, "fp8e4nv", (0x7F, 0xFF)),
+    FP8Format("e4m3fnuz", torch.float8_e4m3fnuz, 240.0, 120, "fp8e4b8", (0x80,)),
+)}
+FP8_DTYPES: tuple[torch.dtype, ...] = tuple(f.dtype for f in FP8_FORMATS.values())
+
+
+def fp8_spec(fmt: str | torch.dtype) -> FP8Format:
+    """The FP8Format of a format name ('e4m3fn', 'e4m3fnuz') or of its torch dtype."""
+    for f in FP8_FORMATS.values():
+        if fmt == f.name or fmt == f.dtype:
+            return f
+    raise ValueError(f"unknown FP8 format {fmt!r}; expected one of {sorted(FP8_FORMATS)} or their torch dtypes")
+
+
 def fp8_format_for_arch(arch: str | None) -> str:
     """gfx942 (MI300/MI325) computes in e4m3fnuz; gfx950, NVIDIA and CPU emulation use OCP e4m3fn."""
     return "e4m3fnuz" if arch is not None and arch.startswith("gfx94") else "e4m3fn"
 
 
 def torch_fp8_dtype(fmt: str) -> torch.dtype:
-    try:
-        return {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}[fmt]
-    except KeyError:
-        raise ValueError(f"unknown FP8 format {fmt!r}; expected 'e4m3fn' or 'e4m3fnuz'") from None
+    if fmt not in FP8_FORMATS:
+        raise ValueError(f"unknown FP8 format {fmt!r}; expected 'e4m3fn' or 'e4m3fnuz'")
+    return FP8_FORMATS[fmt].dtype
 
 
 def kind() -> str:

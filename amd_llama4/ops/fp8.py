@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from amd_llama4.ops.dispatch import dispatched
-from amd_llama4.platform import torch_fp8_dtype
+from amd_llama4.platform import FP8_FORMATS, torch_fp8_dtype
 
-FP8_MAX = {"e4m3fn": 448.0, "e4m3fnuz": 240.0}
+FP8_MAX = {name: f.max for name, f in FP8_FORMATS.items()}
 MIN_AMAX = 1e-12
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from amd_llama4.ops.triton import configs
+from amd_llama4.platform import FP8_FORMATS, fp8_format_for_arch
 
 HEAD_D = 128  # Llama 4 head dim
 
@@ -26,7 +27,7 @@ class Variant:
 
 
 def fp8_type(arch: str) -> str:
-    return "fp8e4b8" if arch.startswith("gfx94") else "fp8e4nv"
+    return FP8_FORMATS[fp8_format_for_arch(arch)].triton
 
 
 def variants(arch: str) -> list[Variant]:
@@ -37,7 +38,8 @@ def variants(arch: str) -> list[Variant]:
     top1_sigmoid_kernel, fp8_gemm_kernel = routing.top1_sigmoid_kernel, gemm.fp8_gemm_kernel
     attn_prefill_kernel, paged_decode_kernel = attention.attn_prefill_kernel, paged.paged_decode_kernel
     paged_reduce_kernel = paged.paged_reduce_kernel
-    f8 = fp8_type(arch)
+    fmt = FP8_FORMATS[fp8_format_for_arch(arch)]
+    f8 = fmt.triton
     out = []
     for fp8 in (False, True):
         a_t = f"*{f8}:16" if fp8 else "*bf16:16"
@@ -54,7 +56,7 @@ def variants(arch: str) -> list[Variant]:
                 shape_filter={"dtype": "fp8_w8a8"} if fp8 else {"dtype!": "fp8_w8a8"}, dot=True))
     out.append(Variant("quant_fp8_rows", quant_fp8_rows_kernel, dict(
         x_ptr="*bf16:16", q_ptr=f"*{f8}:16", s_ptr="*fp32:16", N="i32:16", stride_xm="i32:16", stride_qm="i32:16",
-        FMAX=240.0 if f8 == "fp8e4b8" else 448.0, EMIN=120 if f8 == "fp8e4b8" else 121, BLOCK=1024)))
+        FMAX=fmt.max, EMIN=fmt.emin_biased, BLOCK=1024)))
     out.append(Variant("top1_sigmoid", top1_sigmoid_kernel, dict(
         logits_ptr="*bf16:16", w_ptr="*fp32:16", ids_ptr="*i32:16", T="i32", E="i32:16", stride_t="i32:16",
         BLOCK_T=16, BLOCK_E=128)))

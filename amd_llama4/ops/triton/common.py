@@ -8,12 +8,11 @@ import triton
 import triton.language as tl
 
 from amd_llama4.ops.fp8 import FP8_MAX
+from amd_llama4.platform import FP8_DTYPES, FP8_FORMATS
 
-# Smallest normal exponent of each e4m3 format, as a biased fp32 exponent (127 + e_min):
-# e4m3fn: 2^-6, e4m3fnuz: 2^-7. Used by the in-kernel round-to-fp8-grid (kernels/quant.py).
-FP8_EMIN_BIASED = {"e4m3fn": 121, "e4m3fnuz": 120}
-FP8_FORMAT_OF_DTYPE = {torch.float8_e4m3fn: "e4m3fn", torch.float8_e4m3fnuz: "e4m3fnuz"}
-FP8_DTYPES = tuple(FP8_FORMAT_OF_DTYPE)
+# Used by the in-kernel round-to-fp8-grid (kernels/quant.py).
+FP8_EMIN_BIASED = {name: f.emin_biased for name, f in FP8_FORMATS.items()}
+FP8_FORMAT_OF_DTYPE = {f.dtype: name for name, f in FP8_FORMATS.items()}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
