@@ -3,8 +3,10 @@
 Environment (documented in docs/native.md):
   AMD_LLAMA4_NO_NATIVE=1       pure-Python install, no extension
   AMD_LLAMA4_REQUIRE_NATIVE=1  a failed native build fails the install (default: loud warning, no _C)
-  AMD_LLAMA4_BACKEND           cpu | rocm | cuda (default: rocm when a ROCm install is found, cuda when
-                               nvcc and a CUDA torch are present, else cpu)
+  AMD_LLAMA4_BUILD_TARGET      cpu | rocm | cuda (default: rocm when a ROCm install is found, cuda when
+                               nvcc and a CUDA torch are present, else cpu). The old spelling
+                               AMD_LLAMA4_BACKEND is still read with these values (deprecated): at run
+                               time that name picks the kernel backend (torch | native | triton).
   AMD_LLAMA4_GPU_ARCHS         e.g. "gfx942" or "gfx942;gfx950" (rocm), "90" (cuda)
   AMD_LLAMA4_WITH_CK=1         also build the Composable Kernel bindings (rocm; CK_ROOT if not in ROCm)
   AMD_LLAMA4_BUILD_JOBS        parallel compile jobs (default: CPU count)
@@ -44,12 +46,21 @@ def _torch_cuda() -> bool:
     return bool(torch.version.cuda) and not torch.version.hip
 
 
+TARGETS = ("cpu", "rocm", "cuda")
+
+
 def choose_backend() -> str:
-    backend = os.environ.get("AMD_LLAMA4_BACKEND", "").strip().lower()
-    if backend:
-        if backend not in ("cpu", "rocm", "cuda"):
-            raise ValueError(f"AMD_LLAMA4_BACKEND={backend!r}: expected cpu, rocm or cuda")
-        return backend
+    target = os.environ.get("AMD_LLAMA4_BUILD_TARGET", "").strip().lower()
+    if target:
+        if target not in TARGETS:
+            raise ValueError(f"AMD_LLAMA4_BUILD_TARGET={target!r}: expected cpu, rocm or cuda")
+        return target
+    old = os.environ.get("AMD_LLAMA4_BACKEND", "").strip().lower()
+    if old in TARGETS:  # other values (torch | native | triton) are the run-time setting: not ours
+        print(f"amd_llama4: AMD_LLAMA4_BACKEND={old} as a build target is deprecated; "
+              f"use AMD_LLAMA4_BUILD_TARGET={old} (AMD_LLAMA4_BACKEND picks the run-time kernel backend)",
+              file=sys.stderr, flush=True)
+        return old
     if _rocm_path() is not None:
         return "rocm"
     if shutil.which("nvcc") and _torch_cuda():
@@ -108,7 +119,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
-            f"-DAMD_LLAMA4_BACKEND={backend}",
+            f"-DAMD_LLAMA4_BUILD_TARGET={backend}",
         ]
         if os.environ.get("AMD_LLAMA4_GPU_ARCHS"):
             args.append(f"-DAMD_LLAMA4_GPU_ARCHS={os.environ['AMD_LLAMA4_GPU_ARCHS']}")

@@ -100,15 +100,25 @@ void moe_topk_sigmoid(const TensorRef& logits, int top_k, const TensorRef& weigh
   AL4_RUN(moe_topk_sigmoid, logits, top_k, weights, ids);
 }
 
+// CPU: returns the used rows. GPU: writes them to `total` (int32 [1], device) and returns -1, so the
+// host never waits for the count.
 int64_t moe_align_block_size(const TensorRef& topk_ids, int num_experts, int block_size, const TensorRef& sorted_ids,
-                             const TensorRef& expert_ids) {
+                             const TensorRef& expert_ids, const TensorRef* total) {
   const char* op = "moe_align_block_size";
   al4::check(num_experts >= 1 && block_size >= 1, "moe_align_block_size: num_experts and block_size must be >= 1");
   al4::check_dtype(topk_ids, {al4::kI32, al4::kI64}, op);
   al4::check_dtype(sorted_ids, {al4::kI32}, op);
   al4::check_dtype(expert_ids, {al4::kI32}, op);
-  contiguous({&topk_ids, &sorted_ids, &expert_ids}, op);
-  al4::check(topk_ids.device == 0, "moe_align_block_size: native path is CPU only (GPU uses the fused kernel)");
+  contiguous({&topk_ids, &sorted_ids, &expert_ids, total}, op);
+  same_device({&topk_ids, &sorted_ids, &expert_ids, total}, op);
+  if (on_gpu(topk_ids, op)) {
+#ifdef AL4_WITH_GPU
+    al4::check(total != nullptr, "moe_align_block_size: a GPU call needs total (int32 [1] on the device)");
+    al4::check_dtype(*total, {al4::kI32}, op);
+    al4::gpu::moe_align_block_size(topk_ids, num_experts, block_size, sorted_ids, expert_ids, *total);
+#endif
+    return -1;
+  }
   return al4::cpu::moe_align_block_size(topk_ids, num_experts, block_size, sorted_ids, expert_ids);
 }
 
@@ -151,7 +161,7 @@ void fn_to_fnuz(const TensorRef& q, const TensorRef& out) {
 }
 
 void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, const TensorRef& tw, const TensorRef& ids,
-               const TensorRef* s1, const TensorRef* s2, const TensorRef& out) {
+               const TensorRef* s1, const TensorRef* s2, const TensorRef& out, const TensorRef* workspace) {
   const char* op = "fused_moe";
   al4::check_dim(x, 2, op);
   al4::check_dim(w1, 3, op);
@@ -179,10 +189,16 @@ void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, con
   } else {
     al4::check(w1.dtype == x.dtype && w2.dtype == x.dtype, "fused_moe: w_gate_up and w_down must have x's dtype");
   }
-  contiguous({&x, &w1, &w2, &tw, &ids, s1, s2, &out}, op);
-  same_device({&x, &w1, &w2, &tw, &ids, s1, s2, &out}, op);
-  const TensorRef& first = x;
-  AL4_RUN(fused_moe, x, w1, w2, tw, ids, s1, s2, out);
+  contiguous({&x, &w1, &w2, &tw, &ids, s1, s2, &out, workspace}, op);
+  same_device({&x, &w1, &w2, &tw, &ids, s1, s2, &out, workspace}, op);
+  if (on_gpu(x, op)) {
+#ifdef AL4_WITH_GPU
+    al4::check(workspace != nullptr, "fused_moe: a GPU call needs workspace (uint8, fused_moe_workspace_bytes)");
+    al4::gpu::fused_moe(x, w1, w2, tw, ids, s1, s2, out, *workspace);
+#endif
+    return;
+  }
+  al4::cpu::fused_moe(x, w1, w2, tw, ids, s1, s2, out);  // CPU scratch is its own (per-thread buffers)
 }
 
 // CPU only: on a GPU, torch's BLAS (hipBLASLt / cuBLAS) is the right linear. Several weights that
@@ -266,12 +282,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight").none(true), py::arg("eps"),
         py::arg("residual").none(true), py::arg("out"), py::arg("residual_out").none(true), nogil);
   m.def("moe_topk_sigmoid", &moe_topk_sigmoid, nogil);
-  m.def("moe_align_block_size", &moe_align_block_size, nogil);
+  m.def("moe_align_block_size", &moe_align_block_size, py::arg("topk_ids"), py::arg("num_experts"),
+        py::arg("block_size"), py::arg("sorted_ids"), py::arg("expert_ids"), py::arg("total").none(true) = py::none(),
+        nogil);
   m.def("quantize_fp8", &quantize_fp8, nogil);
   m.def("dequantize_fp8", &dequantize_fp8, nogil);
   m.def("fn_to_fnuz", &fn_to_fnuz, nogil);
   m.def("fused_moe", &fused_moe, py::arg("x"), py::arg("w_gate_up"), py::arg("w_down"), py::arg("topk_weights"),
-        py::arg("topk_ids"), py::arg("w1_scale").none(true), py::arg("w2_scale").none(true), py::arg("out"), nogil);
+        py::arg("topk_ids"), py::arg("w1_scale").none(true), py::arg("w2_scale").none(true), py::arg("out"),
+        py::arg("workspace").none(true) = py::none(), nogil);
+#ifdef AL4_WITH_GPU
+  m.def("fused_moe_workspace_bytes", &al4::gpu::fused_moe_workspace_bytes, py::arg("T"), py::arg("k"), py::arg("H"),
+        py::arg("I"), py::arg("E"));
+#endif
   m.def("linear", &linear, py::arg("x"), py::arg("weights"), py::arg("biases"), py::arg("out"), nogil);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK

@@ -1,4 +1,5 @@
-"""`amd-llama4 info`: torch, platform, GPU arch/count, FP8 format, native extension, Triton.
+"""`amd-llama4 info`: torch, platform, GPU arch/count, FP8 format, native extension, Triton, and
+whether each kernel backend loaded (with the error when not).
 With --model: weight bytes by component and KV bytes per token (computed without allocating weights)."""
 from __future__ import annotations
 
@@ -18,13 +19,20 @@ def run(args) -> int:
         return _run_model(args)
     from amd_llama4 import platform
 
+    from amd_llama4.ops.dispatch import backend_status
+
     facts = platform.info()
+    # backend -> "ok" or why its kernels cannot run here (import error, CPU-only build, disabled)
+    facts["backends"] = {b: why or "ok" for b, why in backend_status().items()}
     if args.json:
         print(json.dumps(facts, indent=2, default=str))
         return 0
-    width = max(map(len, facts))
+    width = max(map(len, [*facts, "backend triton"]))
     for k, v in facts.items():
-        print(f"{k:<{width}}  {v}")
+        if k != "backends":
+            print(f"{k:<{width}}  {v}")
+    for b, state in facts["backends"].items():
+        print(f"{'backend ' + b:<{width}}  {state}")
     return 0
 
 

@@ -3,7 +3,8 @@
 Backends register implementations with `register(op, backend)`; the model and engine call the
 op functions in `amd_llama4.ops`, which call `resolve()`. Order of preference:
   - per call: `backend="torch" | "native" | "triton"` (an error if that backend lacks the op);
-  - env `AMD_LLAMA4_BACKEND`: preferred for every op that backend has, torch otherwise;
+  - env `AMD_LLAMA4_BACKEND` (run time; the build-time target is AMD_LLAMA4_BUILD_TARGET, setup.py):
+    preferred for every op that backend has, torch otherwise;
   - default: GPU tensors -> triton, native, torch; CPU tensors -> native, torch
     (Triton on CPU only runs in tests, through the interpreter, when asked for by name).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -30,6 +32,9 @@ class Impl:
 
 _REGISTRY: dict[str, dict[str, Impl]] = {}
 _loaded: set[str] = set()
+# backend -> why it cannot run here (None: loaded); shown by `amd-llama4 info`
+_UNAVAILABLE: dict[str, str | None] = {}
+_log = logging.getLogger("amd_llama4")
 
 
 def register(op: str, backend: str, supports: Callable[..., bool] | None = None):
@@ -45,15 +50,42 @@ def register(op: str, backend: str, supports: Callable[..., bool] | None = None)
 
 
 def _load(backend: str) -> None:
-    """Import a backend's module once; it registers what it can run on this machine."""
+    """Import a backend's module once; it registers what it can run on this machine. A GPU backend
+    that cannot run logs one warning with the reason; its ops then take the next backend."""
     if backend in _loaded or backend == "torch":
         return
     _loaded.add(backend)
     module = {"native": "amd_llama4.ops.native", "triton": "amd_llama4.ops.triton"}[backend]
+    gpu = torch.cuda.is_available()
     try:
-        importlib.import_module(module)
-    except ImportError:
-        pass  # backend not installed: its ops stay unregistered and the next backend is used
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - a broken install (not only a missing one) must not stop the torch path
+        reason = f"{type(e).__name__}: {e}"
+        # triton simply not installed on a CPU-only machine: expected, nothing to warn about
+        loud = gpu or not (isinstance(e, ModuleNotFoundError) and e.name == "triton")
+    else:
+        reason, loud = _native_reason(mod, gpu) if backend == "native" else (None, False)
+    _UNAVAILABLE[backend] = reason
+    if reason and loud:
+        _log.warning("amd_llama4: the %s backend is unavailable (%s); its ops run on the next backend "
+                     "(see `amd-llama4 info`)", backend, reason)
+
+
+def _native_reason(native, gpu: bool) -> tuple[str | None, bool]:
+    """-> (why the native extension cannot run GPU kernels here, whether to warn)."""
+    if native.IMPORT_ERROR is not None:
+        not_built = "No module named" in native.IMPORT_ERROR  # a pure-Python install: setup.py warned at build
+        return native.IMPORT_ERROR, not native.DISABLED and (gpu or not not_built)
+    if gpu and native.build_info()["backend"] == "cpu":
+        return "amd_llama4._C was built for CPU only (rebuild with AMD_LLAMA4_BUILD_TARGET=rocm|cuda)", True
+    return None, False
+
+
+def backend_status() -> dict[str, str | None]:
+    """backend -> None when it loaded, else why not (every backend is loaded to find out)."""
+    for b in BACKENDS:
+        _load(b)
+    return {b: _UNAVAILABLE.get(b) for b in BACKENDS}
 
 
 def _device_type(args: tuple, kwargs: dict) -> str:

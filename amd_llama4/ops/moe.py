@@ -16,29 +16,41 @@ def moe_topk_sigmoid(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Ten
     return torch.sigmoid(vals.float()), ids.to(torch.int32)
 
 
+def align_capacity(num_slots: int, num_experts: int, block_size: int) -> int:
+    """Rows of moe_align_block_size's outputs for num_slots = T*k routed slots: every non-empty
+    expert pads by < block_size, rounded up to whole blocks. Depends on shapes only, never on the
+    routing, so GPU launchers size their grids without reading anything back from the device."""
+    bound = num_slots + min(num_experts, num_slots) * (block_size - 1)
+    return -(-bound // block_size) * block_size
+
+
 @dispatched("moe_align_block_size")
 def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_size: int
-                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """topk_ids: [T, k] int -> (sorted_ids int32 [P], expert_ids int32 [P / block_size], P).
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """topk_ids: [T, k] int -> (sorted_ids int32 [P], expert_ids int32 [P / block_size],
+    num_tokens_post_padded int32 [1]) with P = align_capacity(T*k, E, block_size).
 
     sorted_ids lists flat (token * k + slot) indices grouped by expert in ascending expert order,
     stable within an expert, each group padded with the sentinel T*k up to a multiple of
-    block_size; expert_ids[b] is the expert of block b. Experts with no tokens get no block."""
-    flat = topk_ids.reshape(-1).long()
-    n = flat.numel()
-    counts = torch.bincount(flat, minlength=num_experts)
+    block_size; expert_ids[b] is the expert of block b. Experts with no tokens get no block.
+    Only the first num_tokens_post_padded rows are used: past them sorted_ids holds the sentinel
+    and expert_ids -1. The count stays on the device (as in vLLM): no host sync."""
+    flat = topk_ids.reshape(-1).long()  # [n]
+    n, dev = flat.numel(), flat.device
+    cap = align_capacity(n, num_experts, block_size)
+    # scatter_add, not bincount: bincount reads max(ids) back to size its output
+    counts = torch.zeros(num_experts, dtype=torch.long, device=dev).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_size - 1) // block_size * block_size
-    total = int(padded.sum())
-    order = torch.argsort(flat, stable=True)
-    starts = torch.cumsum(padded, 0) - padded  # where each expert's group begins
+    ends = torch.cumsum(padded, 0)  # [E] where each expert's padded group ends
     first = torch.cumsum(counts, 0) - counts  # where each expert begins in `order`
+    order = torch.argsort(flat, stable=True)
     e_sorted = flat[order]
-    dest = starts[e_sorted] + (torch.arange(n, device=flat.device) - first[e_sorted])
-    sorted_ids = torch.full((total,), n, dtype=torch.int32, device=flat.device)
-    sorted_ids[dest] = order.to(torch.int32)
-    expert_ids = torch.repeat_interleave(torch.arange(num_experts, device=flat.device, dtype=torch.int32),
-                                         padded // block_size)
-    return sorted_ids, expert_ids, total
+    dest = ends[e_sorted] - padded[e_sorted] + (torch.arange(n, device=dev) - first[e_sorted])
+    sorted_ids = torch.full((cap,), n, dtype=torch.int32, device=dev).scatter_(0, dest, order.to(torch.int32))
+    block_start = torch.arange(0, cap, block_size, device=dev)  # [P / block]
+    owner = torch.searchsorted(ends, block_start, right=True)  # experts ending at or before the block
+    expert_ids = torch.where(owner < num_experts, owner, -1).to(torch.int32)
+    return sorted_ids, expert_ids, ends[-1:].to(torch.int32)
 
 
 def _check_moe_inputs(x, w_gate_up, w_down, topk_weights, topk_ids) -> None:

@@ -13,12 +13,16 @@ import os
 
 import torch
 
+# Why _C is absent (None when loaded); read by ops/dispatch.py, which warns once and `amd-llama4 info`.
+IMPORT_ERROR: str | None = None
+DISABLED = os.environ.get("AMD_LLAMA4_NO_NATIVE") == "1"
 try:
-    if os.environ.get("AMD_LLAMA4_NO_NATIVE") == "1":
+    if DISABLED:
         raise ImportError("disabled by AMD_LLAMA4_NO_NATIVE=1")
     from amd_llama4 import _C  # type: ignore[attr-defined]
-except ImportError:
+except ImportError as e:
     _C = None
+    IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 
 def available() -> bool:
@@ -109,24 +113,41 @@ def _topk_ok(router_logits, top_k) -> bool:
 
 
 def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_size: int):
-    # topk_ids: [T, k] -> sorted_ids int32 [P], expert_ids int32 [P / block_size], P
+    # topk_ids: [T, k] -> sorted_ids int32 [P], expert_ids int32 [P / block_size], count int32 [1]
+    # (the contract of ops.moe.moe_align_block_size: P from shapes, tails = sentinel / -1)
+    from amd_llama4.ops.moe import align_capacity
+
     ids = topk_ids.reshape(-1).contiguous()
     n = ids.numel()
-    bound = n + min(num_experts, n) * (block_size - 1)  # each non-empty expert pads < block_size
-    sorted_ids = torch.empty(bound, dtype=torch.int32)
-    expert_ids = torch.empty(bound // block_size + 1, dtype=torch.int32)
-    total = _C.moe_align_block_size(_ref(ids, "topk_ids"), int(num_experts), int(block_size),
-                                     _ref(sorted_ids, "sorted_ids"), _ref(expert_ids, "expert_ids"))
-    return sorted_ids[:total], expert_ids[: total // block_size], total
+    cap = align_capacity(n, num_experts, block_size)
+    sorted_ids = torch.full((cap,), n, dtype=torch.int32, device=ids.device)
+    expert_ids = torch.full((cap // block_size,), -1, dtype=torch.int32, device=ids.device)
+    total = torch.zeros(1, dtype=torch.int32, device=ids.device)
+    if ids.is_cuda:  # the count stays on the device
+        _C.moe_align_block_size(_ref(ids, "topk_ids"), int(num_experts), int(block_size),
+                                _ref(sorted_ids, "sorted_ids"), _ref(expert_ids, "expert_ids"), _ref(total, "total"))
+    else:
+        total.fill_(_C.moe_align_block_size(_ref(ids, "topk_ids"), int(num_experts), int(block_size),
+                                            _ref(sorted_ids, "sorted_ids"), _ref(expert_ids, "expert_ids")))
+    return sorted_ids, expert_ids, total
 
 
 def _align_ok(topk_ids, num_experts, block_size) -> bool:
-    return topk_ids.device.type == "cpu" and topk_ids.dtype in (torch.int32, torch.int64) and block_size >= 1
+    return _device_ok(topk_ids) and topk_ids.dtype in (torch.int32, torch.int64) and block_size >= 1
 
 
 def _moe_common(x, topk_weights, topk_ids):
     return (x.contiguous(), topk_weights.float().contiguous(), topk_ids.to(torch.int32).contiguous(),
             torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+def _moe_workspace(x: torch.Tensor, ids: torch.Tensor, w_down: torch.Tensor):
+    """GPU scratch of the HIP/CUDA fused MoE from torch's caching allocator (None on CPU)."""
+    if not x.is_cuda:
+        return None
+    (T, H), (E, inter), k = x.shape, w_down.shape[:2], ids.shape[1]
+    ws = torch.empty(_C.fused_moe_workspace_bytes(T, k, H, inter, E), dtype=torch.uint8, device=x.device)
+    return _ref(ws, "workspace")
 
 
 def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
@@ -136,8 +157,10 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
 
     _check_moe_inputs(x, w_gate_up, w_down, topk_weights, topk_ids)
     x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
+    ws = _moe_workspace(x, ids, w_down)
     _C.fused_moe(_ref(x, "x"), _ref(w_gate_up.contiguous(), "w_gate_up"), _ref(w_down.contiguous(), "w_down"),
-                 _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), None, None, _ref(out, "out"))
+                 _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), None, None, _ref(out, "out"),
+                 **({} if ws is None else {"workspace": ws}))
     return out
 
 
@@ -161,9 +184,10 @@ def fused_moe_fp8(x: torch.Tensor, w_gate_up_q: torch.Tensor, w_gate_up_scale: t
     x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
     s1 = w_gate_up_scale.float().reshape(E, -1).contiguous()
     s2 = w_down_scale.float().reshape(E, -1).contiguous()
+    ws = _moe_workspace(x, ids, w_down_q)
     _C.fused_moe(_ref(x, "x"), _ref(w_gate_up_q.contiguous(), "w_gate_up_q"), _ref(w_down_q.contiguous(), "w_down_q"),
                  _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), _ref(s1, "w_gate_up_scale"),
-                 _ref(s2, "w_down_scale"), _ref(out, "out"))
+                 _ref(s2, "w_down_scale"), _ref(out, "out"), **({} if ws is None else {"workspace": ws}))
     return out
 
 

@@ -5,7 +5,10 @@
 // The GEMM uses MFMA on gfx942/gfx950 (v_mfma_f32_16x16x16_bf16, v_mfma_f32_16x16x32_fp8_fp8 in
 // the arch's native fp8 format: fnuz on gfx942, OCP fn on gfx950) and a portable FMA path elsewhere
 // (nvcc sm_90 included). Compile-checked for gfx942 and sm_90; NOT yet run on a GPU.
+// No host sync and no allocation here: the padded row count stays on the device (grids cover the
+// worst case, blocks past it exit) and the scratch is a torch tensor passed in by amd_llama4/ops/native.py.
 #include "gpu_compat.h"  // first: the runtime header defines the qualifiers
+#include <algorithm>
 #include "al4_common.h"
 #include "al4_fp8.h"
 #include "gpu_ops.h"
@@ -16,9 +19,12 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 32, THREADS = 256;
 
-// ids: [N] int32 -> sorted: [Pmax] (slot index, sentinel N), expert_ids: [Pmax/BM], total: [1],
-// inv: [N] (padded row of each slot). One block; stable within an expert like the CPU/torch versions.
-__global__ void align_kernel(const int32_t* __restrict__ ids, int N, int E, int32_t* __restrict__ sorted,
+// ids: [N] int32|int64 -> sorted: [Pmax] (slot index, sentinel N), expert_ids: [Pmax/block] (-1 past
+// the used rows), total: [1] used rows, inv: [N] (padded row of each slot; may be null). One block;
+// stable within an expert like the CPU/torch versions. Pmax comes from shapes (align_capacity in
+// amd_llama4/ops/moe.py), so nothing is read back to the host.
+template <typename I>
+__global__ void align_kernel(const I* __restrict__ ids, int N, int E, int block, int32_t* __restrict__ sorted,
                              int32_t* __restrict__ expert_ids, int32_t* __restrict__ total, int32_t* __restrict__ inv,
                              int Pmax) {
   extern __shared__ int32_t sh[];  // counts[E], start[E + 1]
@@ -26,30 +32,42 @@ __global__ void align_kernel(const int32_t* __restrict__ ids, int N, int E, int3
   int32_t* start = sh + E;
   for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
   __syncthreads();
-  for (int i = threadIdx.x; i < N; i += blockDim.x) atomicAdd(&counts[ids[i]], 1);
+  for (int i = threadIdx.x; i < N; i += blockDim.x) atomicAdd(&counts[int(ids[i])], 1);
   __syncthreads();
   if (threadIdx.x == 0) {
     start[0] = 0;
-    for (int e = 0; e < E; ++e) start[e + 1] = start[e] + (counts[e] + BM - 1) / BM * BM;
+    for (int e = 0; e < E; ++e) start[e + 1] = start[e] + (counts[e] + block - 1) / block * block;
     *total = start[E];
   }
   __syncthreads();
   for (int p = threadIdx.x; p < Pmax; p += blockDim.x) sorted[p] = N;
-  for (int b = threadIdx.x; b < Pmax / BM; b += blockDim.x) {
-    int e = 0;
-    while (e < E - 1 && start[e + 1] <= b * BM) ++e;
+  for (int b = threadIdx.x; b < Pmax / block; b += blockDim.x) {
+    int e = -1;  // blocks past the used rows: no expert
+    if (b * block < start[E]) {
+      e = 0;
+      while (start[e + 1] <= b * block) ++e;
+    }
     expert_ids[b] = e;
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
     int pos = start[e];
     for (int i = 0; i < N; ++i)
-      if (ids[i] == e) {
+      if (int(ids[i]) == e) {
         sorted[pos] = i;
-        inv[i] = pos++;
+        if (inv) inv[i] = pos;
+        ++pos;
       }
   }
 }
+
+int64_t align_capacity(int64_t n, int64_t E, int64_t block) {  // = amd_llama4.ops.moe.align_capacity
+  const int64_t bound = n + std::min(E, n) * (block - 1);
+  return (bound + block - 1) / block * block;
+}
+
+constexpr size_t kAlign = 256;
+size_t al(int64_t b) { return size_t(b + kAlign - 1) / kAlign * kAlign; }
 
 struct GemmArgs {
   const void* A;           // GATHER: x [T, K] (row = slot / top_k); else [Pmax, K] in padded order
@@ -251,19 +269,6 @@ __global__ void moe_combine_kernel(const float* __restrict__ y, const int32_t* _
   }
 }
 
-// Stream-ordered scratch, grown on demand (single-stream use; freed at exit by the driver).
-void* workspace(size_t bytes, al4_stream_t stream) {
-  static void* ptr = nullptr;
-  static size_t cap = 0;
-  if (bytes > cap) {
-    (void)al4StreamSynchronize(stream);
-    if (ptr) (void)al4Free(ptr);
-    if (al4Malloc(&ptr, bytes) != AL4_SUCCESS) throw std::runtime_error("fused_moe: GPU workspace allocation failed");
-    cap = bytes;
-  }
-  return ptr;
-}
-
 template <bool FNUZ>
 void run_fp8(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, const float* tw, const int32_t* sorted,
              const int32_t* eids, const int32_t* total, const int32_t* inv, char*& cur, int64_t Pmax, int64_t H,
@@ -290,21 +295,51 @@ void run_fp8(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, const
 
 }  // namespace
 
+void moe_align_block_size(const TensorRef& topk_ids, int num_experts, int block_size, const TensorRef& sorted_ids,
+                          const TensorRef& expert_ids, const TensorRef& total) {
+  const int64_t N = topk_ids.numel();
+  check(sorted_ids.numel() == align_capacity(N, num_experts, block_size) &&
+            expert_ids.numel() == sorted_ids.numel() / block_size,
+        "moe_align_block_size: sorted_ids / expert_ids must have align_capacity(T*k, E, block) rows");
+  if (N == 0) return;  // outputs arrive filled (sentinel / -1 / 0)
+  al4_stream_t st = stream_of(topk_ids.stream);
+  const size_t sh = size_t(2 * num_experts + 1) * 4;
+  const int P = int(sorted_ids.numel());
+  if (topk_ids.dtype == kI64)
+    align_kernel<int64_t><<<1, 1024, sh, st>>>(topk_ids.data<int64_t>(), int(N), num_experts, block_size,
+                                               sorted_ids.data<int32_t>(), expert_ids.data<int32_t>(),
+                                               total.data<int32_t>(), nullptr, P);
+  else
+    align_kernel<int32_t><<<1, 1024, sh, st>>>(topk_ids.data<int32_t>(), int(N), num_experts, block_size,
+                                               sorted_ids.data<int32_t>(), expert_ids.data<int32_t>(),
+                                               total.data<int32_t>(), nullptr, P);
+  check_launch("moe_align_block_size");
+}
+
+size_t fused_moe_workspace_bytes(int64_t T, int64_t k, int64_t H, int64_t I, int64_t E) {
+  const int64_t N = T * k, Pmax = align_capacity(N, E, BM);
+  // sorted, expert_ids, total, inv, gate_up fp32, y fp32, then h bf16 | (xq, hq fp8, xs, hs fp32)
+  return al(Pmax * 4) + al(Pmax / BM * 4) + al(4) + al(N * 4) + al(Pmax * 2 * I * 4) + al(Pmax * H * 4) +
+         al(Pmax * I * 2) + al(Pmax * H) + al(Pmax * 8);
+}
+
 // x: [T, H] bf16 (or fp32/bf16 with fp8 weights); w_gate_up: [E, H, 2I]; w_down: [E, I, H];
-// topk_weights: [T, k] fp32; topk_ids: [T, k] int32 -> out: [T, H].
+// topk_weights: [T, k] fp32; topk_ids: [T, k] int32 -> out: [T, H]. workspace: uint8 from torch's
+// caching allocator (fused_moe_workspace_bytes), so nothing here allocates or waits for the device.
 void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, const TensorRef& topk_weights,
-               const TensorRef& topk_ids, const TensorRef* s1, const TensorRef* s2, const TensorRef& out) {
+               const TensorRef& topk_ids, const TensorRef* s1, const TensorRef* s2, const TensorRef& out,
+               const TensorRef& workspace) {
   const bool fp8 = s1 != nullptr;
   check(fp8 || x.dtype == kBF16, "fused_moe: the GPU path takes bfloat16 activations/weights (or fp8 weights)");
   const int64_t T = x.size(0), H = x.size(1), E = w1.size(0), I = w2.size(1), k = topk_ids.size(1);
   const int N = int(T * k);
   if (T == 0) return;
-  const int64_t Pmax = ceil_div(N + E * (BM - 1), BM) * BM;
+  const int64_t Pmax = align_capacity(N, E, BM);
   al4_stream_t st = stream_of(x.stream);
-  auto al = [](int64_t b) { return (b + 255) / 256 * 256; };
-  const size_t bytes = al(Pmax * 4) + al(Pmax / BM * 4) + al(4) + al(N * 4) + al(Pmax * 2 * I * 4) +
-                       al(Pmax * H * 4) + al(Pmax * I * 2) + al(Pmax * H) + al(Pmax * 8);
-  char* cur = static_cast<char*>(workspace(bytes, st));
+  const size_t bytes = fused_moe_workspace_bytes(T, k, H, I, E);
+  check(size_t(workspace.numel()) >= bytes, "fused_moe: workspace holds " + std::to_string(workspace.numel()) +
+                                                " bytes, needs " + std::to_string(bytes));
+  char* cur = reinterpret_cast<char*>(workspace.ptr);
   auto take = [&](int64_t b) {
     char* p = cur;
     cur += al(b);
@@ -318,8 +353,8 @@ void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, con
   float* y = reinterpret_cast<float*>(take(Pmax * H * 4));
   const float* tw = topk_weights.data<float>();
 
-  align_kernel<<<1, 1024, size_t(2 * E + 1) * 4, st>>>(topk_ids.data<int32_t>(), N, int(E), sorted, eids, total, inv,
-                                                      int(Pmax));
+  align_kernel<int32_t><<<1, 1024, size_t(2 * E + 1) * 4, st>>>(topk_ids.data<int32_t>(), N, int(E), BM, sorted, eids,
+                                                               total, inv, int(Pmax));
   if (fp8) {
     (w1.dtype == kF8E4M3FNUZ ? run_fp8<true> : run_fp8<false>)(x, w1, w2, tw, sorted, eids, total, inv, cur, Pmax, H,
                                                                  I, N, int(k), *s1, *s2, gu, y, st);

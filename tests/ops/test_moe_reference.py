@@ -43,8 +43,29 @@ def test_topk_sigmoid_and_align():
     torch.testing.assert_close(w, torch.sigmoid(torch.tensor([[2.0, 0.5], [3.0, 2.5], [0.0, -1.0]])))
     sorted_ids, expert_ids, total = ops.moe_align_block_size(ids, num_experts=4, block_size=4, backend="torch")
     # flat slots (token*k + j): expert 0 <- 1, 2, 5; expert 1 <- 0; expert 2 <- 3, 4; expert 3 <- none
-    assert total == 12 and expert_ids.tolist() == [0, 1, 2]
-    assert sorted_ids.tolist() == [1, 2, 5, 6, 0, 6, 6, 6, 3, 4, 6, 6]  # 6 = T*k sentinel pads each group
+    # capacity from shapes only: 6 slots + 4 experts x 3 pad rows = 18 -> 20 (whole blocks)
+    assert total.dtype == torch.int32 and total.tolist() == [12] and expert_ids.tolist() == [0, 1, 2, -1, -1]
+    # 6 = T*k sentinel pads each group and fills the unused tail
+    assert sorted_ids.tolist() == [1, 2, 5, 6, 0, 6, 6, 6, 3, 4, 6, 6] + [6] * 8
+
+
+@pytest.mark.parametrize("T,k,E,block", [(0, 1, 4, 16), (1, 1, 1, 1), (5, 2, 7, 3), (37, 1, 128, 16)])
+def test_align_against_a_loop(T, k, E, block):
+    """The vectorised reference against the definition, written as a plain loop."""
+    ids = torch.randint(0, max(1, E - 2), (T, k), generator=torch.Generator().manual_seed(T))
+    sorted_ids, expert_ids, total = ops.moe_align_block_size(ids, E, block, backend="torch")
+    want_sorted, want_experts = [], []
+    for e in range(E):
+        slots = [i for i, v in enumerate(ids.reshape(-1).tolist()) if v == e]
+        if slots:
+            slots += [T * k] * (-len(slots) % block)
+            want_sorted += slots
+            want_experts += [e] * (len(slots) // block)
+    P = len(want_sorted)
+    assert total.tolist() == [P]
+    assert sorted_ids.shape[0] % block == 0 and sorted_ids.shape[0] >= P
+    assert sorted_ids.tolist() == want_sorted + [T * k] * (sorted_ids.shape[0] - P)
+    assert expert_ids.tolist() == want_experts + [-1] * (sorted_ids.shape[0] // block - P // block)
 
 
 def test_bad_shapes_named():

@@ -137,3 +137,21 @@ def test_supports_cpu_only_under_interpreter(monkeypatch):
     else:
         assert impl.supports(x, w1, w2, w, ids)
     assert "triton" in dispatch.available("fused_moe_fp8")
+
+
+@pytest.mark.parametrize("T,k,E,block", [(0, 1, 4, 16), (1, 1, 1, 16), (7, 2, 5, 4), (37, 1, 16, 16),
+                                         (13, 3, 9, 1), (20, 2, 128, 32)])
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_align_block_size_matches_reference(T, k, E, block, id_dtype):
+    from amd_llama4.ops.moe import moe_align_block_size
+
+    g = torch.Generator().manual_seed(T * 31 + E)
+    # distinct experts per token (as top-k gives), the last two experts empty where E allows
+    ids = torch.stack([torch.randperm(max(k, E - 2), generator=g)[:k] for _ in range(T)]) if T else \
+        torch.empty(0, k, dtype=torch.long)
+    ids = ids.to(id_dtype).to(DEV)
+    got = moe_align_block_size(ids, E, block, backend="triton")
+    want = moe_align_block_size.reference(ids, E, block)
+    for name, a, b in zip(("sorted_ids", "expert_ids", "num_tokens_post_padded"), got, want):
+        assert a.dtype == torch.int32 and a.device == ids.device, name
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")

@@ -5,6 +5,7 @@ then falls back). On CPU tensors every `supports` guard is False unless TRITON_I
 """
 from __future__ import annotations
 
+import torch
 import triton  # noqa: F401  (ImportError here = backend unavailable)
 
 from amd_llama4.ops import fp8_gemm as _fp8_gemm_ref  # noqa: F401  (registers the torch references)
@@ -15,7 +16,7 @@ from amd_llama4.ops.triton import device
 from amd_llama4.ops.triton.attention import attention, paged_attention_decode
 from amd_llama4.ops.triton.common import FLOAT_DTYPES, FP8_FORMAT_OF_DTYPE, on_usable_device
 from amd_llama4.ops.triton.gemm import fp8_gemm
-from amd_llama4.ops.triton.moe import fused_moe, fused_moe_fp8, moe_topk_sigmoid
+from amd_llama4.ops.triton.moe import fused_moe, fused_moe_fp8, moe_align_block_size, moe_topk_sigmoid
 from amd_llama4.ops.triton.quant import quantize_fp8_rows
 
 
@@ -35,6 +36,10 @@ def _topk_ok(router_logits, top_k, **_):
     return on_usable_device(router_logits) and top_k == 1
 
 
+def _align_ok(topk_ids, num_experts, block_size, **_):
+    return on_usable_device(topk_ids) and topk_ids.dtype in (torch.int32, torch.int64) and block_size >= 1
+
+
 def _gemm_ok(a_q, a_scale, b_q, b_scale, block=None, out_dtype=None, **_):
     fmt = FP8_FORMAT_OF_DTYPE.get(a_q.dtype)
     return on_usable_device(a_q, b_q, a_scale, b_scale) and fmt is not None and device.fp8_ok(fmt, a_q)
@@ -51,9 +56,10 @@ def _paged_ok(q, k_cache, v_cache, *args, **kwargs):
 register("fused_moe", "triton", supports=_moe_ok)(fused_moe)
 register("fused_moe_fp8", "triton", supports=_moe_fp8_ok)(fused_moe_fp8)
 register("moe_topk_sigmoid", "triton", supports=_topk_ok)(moe_topk_sigmoid)
+register("moe_align_block_size", "triton", supports=_align_ok)(moe_align_block_size)
 register("fp8_gemm", "triton", supports=_gemm_ok)(fp8_gemm)
 register("attention", "triton", supports=_attn_ok)(attention)
 register("paged_attention_decode", "triton", supports=_paged_ok)(paged_attention_decode)
 
-__all__ = ["attention", "paged_attention_decode", "fp8_gemm", "fused_moe", "fused_moe_fp8", "moe_topk_sigmoid",
-           "quantize_fp8_rows"]
+__all__ = ["attention", "paged_attention_decode", "fp8_gemm", "fused_moe", "fused_moe_fp8", "moe_align_block_size",
+           "moe_topk_sigmoid", "quantize_fp8_rows"]

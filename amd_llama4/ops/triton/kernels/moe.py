@@ -8,22 +8,26 @@ from amd_llama4.ops.triton.kernels.tiles import grouped_tile
 @triton.jit
 def moe_gemm_kernel(
         a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, topk_w_ptr, sorted_ids_ptr, expert_ids_ptr,
-        num_rows, N, K, a_row_div, num_padded,
+        num_rows, N, K, a_row_div, max_padded, total_ptr,
         stride_am, stride_ak, stride_be, stride_bk, stride_bn, stride_cm, stride_cn, stride_bse, stride_bsn,
         GATED: tl.constexpr, MUL_WEIGHT: tl.constexpr, USE_FP8: tl.constexpr, DOT_F32: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # a: [rows_a, K] (x [T, H] for gate_up with a_row_div = top_k; h [T*k, I] for down with 1)
     # b: [E, K, N or 2N] input-major expert weights ([gate | up] when GATED)
-    # c: [T*k, N] written at flat row (token * k + slot); sorted_ids: [num_padded], pad = num_rows
-    # expert_ids: [num_padded / BLOCK_M]; a_scale: [rows_a] (fp8 per token); b_scale: [E, 1, N or 2N]
+    # c: [T*k, N] written at flat row (token * k + slot); sorted_ids: [max_padded], pad = num_rows
+    # expert_ids: [max_padded / BLOCK_M]; total: [1] rows of sorted_ids in use (device memory: the
+    # grid covers max_padded and blocks past the count exit, so the host never reads it)
+    # a_scale: [rows_a] (fp8 per token); b_scale: [E, 1, N or 2N]
     pid = tl.program_id(0)
-    num_pid_m = num_padded // BLOCK_M
+    num_pid_m = max_padded // BLOCK_M
     num_pid_n = tl.cdiv(N, BLOCK_N)
     # Grouped order: consecutive programs share B tiles (an expert's blocks are adjacent).
     pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
+    if pid_m * BLOCK_M >= tl.load(total_ptr):
+        return
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    flat = tl.load(sorted_ids_ptr + offs_m)  # num_padded is a multiple of BLOCK_M: in bounds
+    flat = tl.load(sorted_ids_ptr + offs_m)  # max_padded is a multiple of BLOCK_M: in bounds
     row_ok = flat < num_rows
     a_rows = (flat // a_row_div).to(tl.int64)
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
