@@ -16,12 +16,13 @@ from amd_llama4.parallel.tp import SINGLE, Parallel, check_parallel, local_shape
 
 
 class KVCache(Protocol):
-    """What attention needs from a cache (the engine's paged cache implements it)."""
+    """What attention needs from a cache (the engine's step views of its paged cache implement it;
+    each view picks its own attention path, so the model holds no path check)."""
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Store k, v [B, S, Hkv, D] at `positions` [B, S] (-1 = padding, not stored); return every key
-        the layer may attend to: (k [B, L, Hkv, D], v [B, L, Hkv, D], k_pos [B, L], -1 = empty)."""
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               scale: float, chunk_size: int | None) -> torch.Tensor:
+        """Store k, v [B, S, Hkv, D] at `positions` [B, S] (-1 = padding, not stored), then attend q
+        [B, S, Hq, D] over every key this layer may see (ops.attention's masking) -> [B, S, Hq, D]."""
 
 
 class RMSNorm(nn.Module):
@@ -81,6 +82,11 @@ class Experts(nn.Module):
         return ops.fused_moe(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids)
 
 
+# Expert parallel up to this many tokens per step computes every pair with non-local ones zeroed
+# (sync-free, decode); above it, the exact local pairs via nonzero (prefill, where work dominates).
+_EP_MASKED_ROWS = 256
+
+
 class MoE(nn.Module):
     """Sigmoid top-k router + sparse routed experts (weight on the input) + shared expert."""
 
@@ -98,11 +104,21 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])  # [T, H]
         weights, ids = ops.moe_topk_sigmoid(self.router(x), self.top_k)  # [T, k] fp32, int32
         out = self.shared_expert(x)
-        if self.par.expert_parallel and self.par.enabled:
+        if self.par.expert_parallel and self.par.enabled and x.shape[0] <= _EP_MASKED_ROWS:
+            out = out + self._masked_local_experts(x, weights, ids)
+        elif self.par.expert_parallel and self.par.enabled:
             out = out.index_add_(0, *self._local_experts(x, weights, ids))
         else:
             out = out + self.experts(x, weights, ids)  # Experts or quant.fp8.FP8Experts
         return self.par.all_reduce(out).view(shape)
+
+    def _masked_local_experts(self, x, weights, ids):
+        """Expert parallel, few tokens (decode): pairs routed to other ranks go to local expert 0 with
+        weight 0, an exact zero (the weight scales the expert input), so no data-dependent size
+        (`nonzero`) syncs the host and the step stays capturable; costs ep x the routed rows."""
+        lo, hi = self.expert_range
+        mine = (ids >= lo) & (ids < hi)  # [T, k]
+        return self.experts(x, torch.where(mine, weights, 0.0), torch.where(mine, ids - lo, 0).to(torch.int32))
 
     def _local_experts(self, x, weights, ids):
         """Expert parallel: only the (token, slot) pairs routed to this rank's experts, one row each
@@ -151,10 +167,9 @@ class Attention(nn.Module):
             s = ops.temperature_scale(positions, *self.temperature)
             q = (q * s[:, :, None, None]).to(q.dtype)
         if cache is None:
-            k_all, v_all, k_pos = k, v, positions
+            out = ops.attention(q, k, v, positions, positions, self.scale, self.chunk_size)
         else:
-            k_all, v_all, k_pos = cache.update(self.layer, k, v, positions)
-        out = ops.attention(q, k_all, v_all, positions, k_pos, self.scale, self.chunk_size)
+            out = cache.attend(self.layer, q, k, v, positions, self.scale, self.chunk_size)
         return self.par.all_reduce(self.o_proj(out.reshape(B, S, -1)))
 
 
