@@ -1,0 +1,61 @@
+"""POST /v1/chat/completions: chat completion, JSON or SSE."""
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from amd_llama4.serve import protocol as P
+from amd_llama4.serve.generation import TokenText, chat_logprobs
+from amd_llama4.serve.handlers_common import (DONE, State, begin, deltas, error_chunk, openapi_responses, respond,
+                                              sse, tokenize_chat, usage)
+from amd_llama4.serve.protocol import APIError
+
+
+def add_chat_routes(app: FastAPI, state: State) -> None:
+    @app.post("/v1/chat/completions", responses=openapi_responses(P.ChatCompletionResponse))
+    async def chat_completions(request: Request, body: P.ChatCompletionRequest) -> Response:
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        slot, engine, model, gen = await begin(state, body, lambda e: tokenize_chat(e, body.template_messages()),
+                                               body.requested_max_tokens(), top, "chatcmpl")
+        text_of = TokenText(engine.tokenizer)
+        created = int(time.time())
+
+        def render_final(out: Any) -> dict:
+            c = out.outputs[0]
+            lps = chat_logprobs(c.logprobs or [], text_of) if body.logprobs else None
+            return P.ChatCompletionResponse(
+                id=gen.request_id, created=created, model=model, usage=usage(gen, out),
+                choices=[{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": lps,
+                          "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}],
+            ).model_dump(mode="json")
+
+        def chunk(delta: dict, lps: Any, finish: Any, usage_: Any = None, choices: bool = True) -> str:
+            obj: dict[str, Any] = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created,
+                                   "model": model,
+                                   "choices": [{"index": 0, "delta": delta, "logprobs": lps,
+                                                "finish_reason": finish}] if choices else []}
+            if body.include_usage():
+                obj["usage"] = usage_
+            return sse(obj)
+
+        async def stream_chunks(first: Any) -> AsyncIterator[str]:
+            last = first
+            try:
+                yield chunk({"role": "assistant", "content": ""}, None, None)
+                async for out, delta, new_lps, _, finish in deltas(gen, first):
+                    last = out
+                    lps = chat_logprobs(new_lps, text_of) if body.logprobs else None
+                    if delta or new_lps:
+                        yield chunk({"content": delta}, lps, None)
+                    if finish:
+                        yield chunk({}, None, finish)
+                if body.include_usage():
+                    yield chunk({}, None, None, usage_=usage(gen, last), choices=False)
+            except APIError as e:
+                yield error_chunk(e)
+            yield DONE
+
+        return await respond(request, body, slot, gen, render_final, stream_chunks)

@@ -1,0 +1,58 @@
+"""POST /v1/completions: text completion, JSON or SSE."""
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from amd_llama4.serve import protocol as P
+from amd_llama4.serve.generation import TokenText, completion_logprobs
+from amd_llama4.serve.handlers_common import (DONE, State, begin, deltas, error_chunk, openapi_responses, respond,
+                                              sse, tokenize_prompt, usage)
+from amd_llama4.serve.protocol import APIError
+
+
+def add_completion_routes(app: FastAPI, state: State) -> None:
+    @app.post("/v1/completions", responses=openapi_responses(P.CompletionResponse))
+    async def completions(request: Request, body: P.CompletionRequest) -> Response:
+        slot, engine, model, gen = await begin(state, body, lambda e: tokenize_prompt(e, body.prompt),
+                                               body.max_tokens, body.logprobs, "cmpl")
+        text_of = TokenText(engine.tokenizer)
+        created = int(time.time())
+
+        def choice(out: Any, text: str, lps: Any, finish: Any) -> dict:
+            c = out.outputs[0] if out.outputs else None
+            return {"index": 0, "text": text, "logprobs": lps, "finish_reason": finish,
+                    "stop_reason": c.stop_reason if c is not None and finish else None}
+
+        def render_final(out: Any) -> dict:
+            c = out.outputs[0]
+            lps = (completion_logprobs(c.logprobs or [], text_of, 0)
+                   if body.logprobs is not None else None)
+            return P.CompletionResponse(id=gen.request_id, created=created, model=model,
+                                        choices=[choice(out, c.text, lps, c.finish_reason)],
+                                        usage=usage(gen, out)).model_dump(mode="json")
+
+        async def stream_chunks(first: Any) -> AsyncIterator[str]:
+            last = first
+            try:
+                async for out, delta, new_lps, sent_text, finish in deltas(gen, first):
+                    last = out
+                    lps = (completion_logprobs(new_lps, text_of, sent_text)
+                           if body.logprobs is not None else None)
+                    if delta or finish or new_lps:
+                        chunk = {"id": gen.request_id, "object": "text_completion", "created": created,
+                                 "model": model, "choices": [choice(out, delta, lps, finish)]}
+                        if body.include_usage():
+                            chunk["usage"] = None
+                        yield sse(chunk)
+                if body.include_usage():
+                    yield sse({"id": gen.request_id, "object": "text_completion", "created": created,
+                               "model": model, "choices": [], "usage": usage(gen, last)})
+            except APIError as e:
+                yield error_chunk(e)
+            yield DONE
+
+        return await respond(request, body, slot, gen, render_final, stream_chunks)
