@@ -7,8 +7,16 @@ import json
 def run(args) -> int:
     from amd_llama4.tools import planner
 
+    weights = args.weights
+    if weights is None:  # a pre-quantised checkpoint folder plans as fp8
+        import os
+
+        from amd_llama4.config import load_config
+
+        pre = os.path.isdir(args.model) and load_config(args.model).quantization_config
+        weights = "fp8" if pre else "bf16"
     try:
-        inp = planner.PlanInput(model=args.model, gpu=args.gpu, num_gpus=args.num_gpus, weights=args.weights,
+        inp = planner.PlanInput(model=args.model, gpu=args.gpu, num_gpus=args.num_gpus, weights=weights,
                                 kv=args.kv, context=args.context, concurrency=args.concurrency,
                                 gpu_memory_utilization=args.gpu_memory_utilization,
                                 max_batched_tokens=args.max_batched_tokens)
@@ -27,10 +35,12 @@ def register(sub) -> None:
     from amd_llama4.platform import DEVICE_SPECS
 
     p = sub.add_parser("plan", help="what fits on N GPUs: memory per GPU, max context, roofline tokens/s")
-    p.add_argument("--model", choices=("scout", "maverick"), default="scout")
+    p.add_argument("--model", default="scout",
+                   help="preset (scout, maverick) or checkpoint folder (config.json and safetensors headers only)")
     p.add_argument("--gpu", choices=sorted(DEVICE_SPECS), default="mi300x")
     p.add_argument("--num-gpus", type=int, default=8)
-    p.add_argument("--weights", choices=("bf16", "fp8", "int4"), default="bf16")
+    p.add_argument("--weights", choices=("bf16", "fp8", "int4"), default=None,
+                   help="default: fp8 for a pre-quantised checkpoint folder, else bf16")
     p.add_argument("--kv", choices=("bf16", "fp8"), default="bf16")
     p.add_argument("--context", type=int, default=131072, help="tokens per sequence")
     p.add_argument("--concurrency", type=int, default=1, help="sequences in flight")

@@ -19,6 +19,11 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "U16": 2,
                 "U32": 4, "U64": 8}
+# Header dtype -> torch dtype, for the tensors a model can hold (used to build header-only meta tensors).
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+                "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz}
 
 
 class CheckpointError(ValueError):
@@ -30,6 +35,13 @@ class TensorInfo:
     file: str
     dtype: str
     shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = _DTYPE_BYTES[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
 
 
 def read_header(path: str) -> dict[str, TensorInfo]:
@@ -125,6 +137,13 @@ class Checkpoint:
     def slice(self, name: str):
         """A lazy view (`[...]` indexing reads only that part); for per-rank loading."""
         return self._handle(self.tensors[name].file).get_slice(name)
+
+    def meta(self, name: str) -> torch.Tensor:
+        """An empty meta-device tensor with the header's shape and dtype: checks without reading data."""
+        info = self.tensors[name]
+        if info.dtype not in TORCH_DTYPES:
+            raise CheckpointError(f"{info.file}: tensor {name!r} has dtype {info.dtype}, which torch cannot hold")
+        return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype], device="meta")
 
     def get(self, name: str) -> torch.Tensor:
         info = self.tensors[name]

@@ -3,7 +3,9 @@
 Layout (names as the model's parameters, so the loader maps them 1:1):
   linears  `X.weight` fp8 [out, in] + `X.weight_scale` fp32 [out, 1] (per channel), or with --block
            `X.weight_scale_inv` fp32 [ceil(out/b), ceil(in/b)] (the name HF fine-grained FP8 uses)
-  experts  `...experts.gate_up_proj` fp8 [E, H, 2I] + `gate_up_proj_scale` [E, 1, 2I]; `down_proj` likewise
+  experts  `...experts.gate_up_proj` fp8 [E, H, 2I] + `gate_up_proj_scale` [E, 1, 2I]; `down_proj` [E, I, H] +
+           `down_proj_scale` [E, H, 1] (per channel: exactly Meta's / transformers' fbgemm_fp8 layout,
+           quant/fbgemm.py) or [E, 1, H] (with --block)
   KV       `model.layers.N.self_attn.{k,v}_scale` when the source carried them
   others   (router, norms, embeddings, lm_head, ignored modules) in `dtype`
 config.json `quantization_config`: quant_method "fbgemm_fp8" (per channel) or "fp8" (+ weight_block_size),
@@ -22,12 +24,13 @@ from safetensors.torch import save_file
 
 from amd_llama4.config import QuantConfig
 from amd_llama4.model.safetensors_io import CheckpointError, shard_bar
+from amd_llama4.platform import FP8_DTYPES, fp8_spec
+from amd_llama4.quant import fbgemm
 
 INDEX = "model.safetensors.index.json"
 # Non-weight files a checkpoint folder may carry; copied as they are.
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                "chat_template.json", "chat_template.jinja", "tokenizer.model")
-_NAN_BITS = {torch.float8_e4m3fn: (0x7F, 0xFF), torch.float8_e4m3fnuz: (0x80,)}
 
 
 def parse_size(s: str | int) -> int:
@@ -42,10 +45,13 @@ def parse_size(s: str | int) -> int:
 
 
 def checkpoint_tensors(model, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """The tensors to write: fp8 weights and fp32 scales as they are, everything else in `dtype`."""
+    """The tensors to write: fp8 weights and fp32 scales as they are, everything else in `dtype`;
+    expert scales in fbgemm_fp8's layout when the model is per-channel (written as fbgemm_fp8)."""
     from amd_llama4.quant.fp8 import FP8Linear
 
     block_scaled = {n for n, m in model.named_modules() if isinstance(m, FP8Linear) and m.block is not None}
+    q = getattr(model, "quant_config", None)
+    as_fbgemm = q is not None and q.weight_block is None
     tied = model.config.tie_word_embeddings
     out = {}
     for name, p in model.named_parameters():
@@ -56,7 +62,9 @@ def checkpoint_tensors(model, dtype: torch.dtype = torch.bfloat16) -> dict[str, 
             t = t.float()
             if name.removesuffix(".weight_scale") in block_scaled:
                 name += "_inv"
-        elif t.dtype not in _NAN_BITS:
+            if as_fbgemm:
+                t = fbgemm.to_checkpoint_layout(name, t)
+        elif t.dtype not in FP8_DTYPES:
             t = t.to(dtype)
         out[name] = t.contiguous()
     for layer, kv in (getattr(model, "kv_scales", None) or {}).items():
@@ -129,7 +137,7 @@ def write_checkpoint(model, out: str, fmt: str, max_shard_size: str | int = "5GB
 
 
 def _raw(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.uint8) if t.dtype in _NAN_BITS else t  # float8 has no CPU eq kernel: compare bytes
+    return t.view(torch.uint8) if t.dtype in FP8_DTYPES else t  # float8 has no CPU eq kernel: compare bytes
 
 
 def verify_checkpoint(folder: str, expected: dict[str, torch.Tensor] | None = None) -> None:
@@ -151,8 +159,8 @@ def verify_checkpoint(folder: str, expected: dict[str, torch.Tensor] | None = No
     ckpt = Checkpoint(folder)
     for name in ckpt.tensors:
         t = ckpt.get(name)
-        if t.dtype in _NAN_BITS:
-            bad = sum(int((t.view(torch.uint8) == b).sum()) for b in _NAN_BITS[t.dtype])
+        if t.dtype in FP8_DTYPES:
+            bad = sum(int((t.view(torch.uint8) == b).sum()) for b in fp8_spec(t.dtype).nan_bits)
             if bad:
                 raise CheckpointError(f"{ckpt.tensors[name].file}: tensor {name!r} has {bad} NaN encodings")
         elif not torch.isfinite(t.float()).all():

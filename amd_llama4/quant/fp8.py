@@ -16,8 +16,6 @@ import torch.nn as nn
 from amd_llama4 import ops
 from amd_llama4.config import QuantConfig
 from amd_llama4.platform import fp8_format, torch_fp8_dtype
-
-_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 _LINEAR_NAMES = re.compile(r"\.(self_attn\.[qkvo]_proj|feed_forward\.(shared_expert\.)?(gate|up|down)_proj)$")
 
 
@@ -176,6 +174,11 @@ def parse_quantization_config(qc: dict | None) -> tuple[QuantConfig, str] | None
         raise ValueError(f"config.json: quantization_config.quant_method {method!r} unsupported "
                          "(fp8, fbgemm_fp8, compressed-tensors)")
     block = qc.get("weight_block_size")
+    if method == "fbgemm_fp8":
+        from amd_llama4.quant.fbgemm import activation_scale_ub
+
+        # Validated, not applied: our dynamic per-token activation scales have no upper bound (docs/fp8.md).
+        activation_scale_ub(qc)
     ignore = list(qc.get("modules_to_not_convert") or qc.get("ignore") or [])
     stored = qc.get("fmt", "e4m3fn")
     return QuantConfig(method="fp8", weight_block=tuple(block) if block else None, ignore=ignore), stored

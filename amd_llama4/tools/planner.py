@@ -6,12 +6,16 @@ chunked-local and never need more than one chunk (attention_chunk_size tokens) p
 Speeds are roofline upper bounds: each step takes max(bytes / HBM bandwidth, FLOPs / peak),
 all N GPUs working in parallel, communication and kernel inefficiency ignored.
 Units: bytes, GB = 1e9 bytes (vendors quote memory in these), tokens/s.
+`model` is a preset or a checkpoint folder; for a folder, `checkpoint_report` adds what its
+safetensors headers hold and the bytes the loader places on each GPU (headers only, no data read).
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, field
 
-from amd_llama4.config import Llama4Config, preset
+from amd_llama4.config import Llama4Config, is_preset, load_config
 from amd_llama4.platform import DEVICE_SPECS
 
 # bytes per weight; int4 carries a bf16 scale per group of 128 weights (weight-only, GPTQ/AWQ-style)
@@ -35,6 +39,8 @@ class PlanInput:
     runtime_overhead_gb: float = 2.0  # per GPU: HIP/CUDA context, RCCL buffers, graphs
 
     def __post_init__(self) -> None:
+        if not (is_preset(self.model) or os.path.isdir(self.model)):
+            raise ValueError(f"plan: model {self.model!r} is neither a preset nor a checkpoint folder")
         if self.gpu not in DEVICE_SPECS:
             raise ValueError(f"plan: gpu {self.gpu!r} unknown; known: {sorted(DEVICE_SPECS)}")
         if self.weights not in WEIGHT_BYTES:
@@ -144,8 +150,50 @@ def prefill_attention_flops(cfg: Llama4Config, n: int) -> float:
     return per_key * (g * full + c * local)
 
 
+def _checkpoint_dtype(folder: str):
+    """The dtype the loader gives high-precision tensors on a GPU: config.json's torch_dtype (bf16 if unset)."""
+    import torch
+
+    with open(os.path.join(folder, "config.json")) as f:
+        raw = json.load(f)
+    name = raw.get("torch_dtype") or raw.get("text_config", {}).get("torch_dtype") or "bfloat16"
+    return getattr(torch, name)
+
+
+def checkpoint_report(folder: str, world_sizes: tuple[int, ...] = (1, 4, 8)) -> dict:
+    """Bytes in the safetensors headers (all, and the text model's), and the parameter bytes the loader
+    places on each GPU for each tensor-parallel size (the loader on the meta device, from the headers,
+    with its own shard rules). An invalid size gets the reason instead."""
+    from amd_llama4.model.loader import load_model
+    from amd_llama4.model.safetensors_io import Checkpoint
+    from amd_llama4.parallel.tp import Parallel, check_parallel
+
+    ckpt = Checkpoint(folder)
+    text = [i for n, i in ckpt.tensors.items() if not n.startswith(("vision_model.", "multi_modal_projector."))]
+    dtype = _checkpoint_dtype(folder)
+    cfg = load_config(folder)
+    per_gpu: dict[int, int | str] = {}
+    for w in world_sizes:
+        try:
+            check_parallel(cfg, Parallel(0, w))
+        except ValueError as e:
+            per_gpu[w] = str(e)
+            continue
+        # rank 0 stands for all: under tensor parallelism the rank changes offsets, never sizes
+        per_gpu[w] = rank_bytes(load_model(folder, device="meta", dtype=dtype, progress=False,
+                                           parallel=Parallel(0, w)))
+    return {"folder": folder, "dtype": str(dtype).removeprefix("torch."),
+            "header_bytes": sum(i.nbytes for i in ckpt.tensors.values()),
+            "header_bytes_text": sum(i.nbytes for i in text), "bytes_per_gpu": per_gpu}
+
+
+def rank_bytes(model) -> int:
+    """Parameter bytes one rank's model holds (tied weights once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def plan(p: PlanInput) -> dict:
-    cfg = preset(p.model)
+    cfg = load_config(p.model)
     spec = DEVICE_SPECS[p.gpu]
     pc = param_counts(cfg)
     N = p.num_gpus
@@ -202,7 +250,9 @@ def plan(p: PlanInput) -> dict:
     n8k = min(8192, p.context)
     t_prefill_8k, _ = prefill(n8k)
     total_decode = C / t_decode
+    ckpt = None if is_preset(p.model) else checkpoint_report(p.model)
     return {
+        "checkpoint": ckpt,
         "input": asdict(p),
         "gpu_spec": asdict(spec),
         "params_total": pc.total,
@@ -284,4 +334,9 @@ def format_plan(r: dict) -> str:
         f"  prefill (roofline)  {r['prefill_tokens_per_s']:,.0f} tok/s for a {i['context']:,}-token prompt "
         f"({r['prefill_s']:,.2f} s, {r['prefill_bound']}-bound); {r['prefill_tokens_per_s_8k']:,.0f} tok/s at 8K",
     ]
+    c = r.get("checkpoint")
+    if c:
+        lines.append(f"  checkpoint headers  {_gb(c['header_bytes'])} ({_gb(c['header_bytes_text'])} text); loaded "
+                     f"in {c['dtype']} per GPU: " + ", ".join(
+                         f"tp {w}: {_gb(b) if isinstance(b, int) else b}" for w, b in c["bytes_per_gpu"].items()))
     return "\n".join(lines)

@@ -151,3 +151,62 @@ def test_cli_json(capsys):
 def test_cli_text(capsys):
     assert cli.main(["plan", "--model", "scout", "--gpu", "h100", "--num-gpus", "1", "--weights", "bf16"]) == 0
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+# -- checkpoint folders: config.json and safetensors headers only ----------------------------------
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    from tests.model.released import write_header_only
+
+    root = tmp_path_factory.mktemp("released")
+    return {k: (str(root / k), write_header_only(str(root / k), k)) for k in ("scout", "maverick", "maverick-fp8")}
+
+
+@pytest.fixture
+def no_reads(monkeypatch):
+    from amd_llama4.model import safetensors_io
+
+    def refuse(*a, **k):
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(safetensors_io, "safe_open", refuse)
+
+
+@pytest.mark.parametrize("kind", ["scout", "maverick", "maverick-fp8"])
+def test_checkpoint_bytes_per_gpu_equal_the_loaded_model(kind, released, no_reads):
+    import torch
+
+    from amd_llama4.config import load_config
+    from amd_llama4.model.loader import build_model
+    from amd_llama4.parallel.tp import Parallel
+    from amd_llama4.quant.fp8 import parse_quantization_config
+    from tests.model.released import nbytes
+
+    folder, table = released[kind]
+    r = planner.checkpoint_report(folder)
+    assert r["header_bytes"] == sum(nbytes(*v) for v in table.values())
+    text = sum(nbytes(*v) for n, v in table.items() if n.startswith("language_model."))
+    assert r["header_bytes_text"] == text and r["dtype"] == "bfloat16"
+    assert r["bytes_per_gpu"][1] == text  # one GPU holds the text model as stored
+    cfg = load_config(folder)
+    pre = parse_quantization_config(cfg.quantization_config)
+    for w in (1, 4, 8):  # every rank's skeleton the loader fills, built from the config alone
+        for rank in range(w):
+            want = planner.rank_bytes(build_model(cfg, torch.bfloat16, "meta", pre, Parallel(rank, w)))
+            assert r["bytes_per_gpu"][w] == want, (w, rank)
+    assert r["bytes_per_gpu"][8] < r["bytes_per_gpu"][4] < r["bytes_per_gpu"][1]
+
+
+def test_cli_plan_checkpoint_folder(released, capsys, no_reads):
+    folder = released["maverick-fp8"][0]
+    assert cli.main(["plan", "--model", folder, "--gpu", "mi300x", "--num-gpus", "8", "--context", "8192",
+                     "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["input"]["weights"] == "fp8"  # read from the folder's quantization_config
+    assert set(r["checkpoint"]["bytes_per_gpu"]) == {"1", "4", "8"}
+    assert cli.main(["plan", "--model", folder, "--num-gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint headers" in out and "tp 8:" in out
+    with pytest.raises(ValueError, match="neither a preset nor a checkpoint folder"):
+        PlanInput(model="/nonexistent/llama")
