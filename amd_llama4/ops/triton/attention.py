@@ -83,8 +83,10 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, first_po
     o = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
     if B == 0:
         return o
-    ks, ks_stride = _scale_arg(k_scale if fp8 else 1.0, q.device)
-    vs, vs_stride = _scale_arg(v_scale if fp8 else 1.0, q.device)
+    if fp8:
+        (ks, ks_stride), (vs, vs_stride) = _scale_arg(k_scale, q.device), _scale_arg(v_scale, q.device)
+    else:  # never read (KV_FP8=False); no host-to-device scalar copy, which a graph capture forbids
+        (ks, ks_stride), (vs, vs_stride) = (q, 0), (q, 0)
     kp.paged_decode_kernel[(B, Hkv, num_splits)](
         q, k_cache, v_cache, bt, lens, first, qp, ks, vs, po, pm, pl, float(scale), chunk_size or 1, gqa, page,
         num_splits, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
