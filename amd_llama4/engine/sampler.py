@@ -152,20 +152,25 @@ class Sampler:
             else:
                 tokens[_idx(rows, dev)] = tokens_s
 
-        token_list = tokens.tolist()
+        if logprobs is None:
+            return [SampleResult(t, None, None) for t in tokens.tolist()]  # the step's one device->host copy
+        L = len(lp_rows)
+        chosen = logprobs.gather(1, tokens[_idx(lp_rows, dev)].unsqueeze(1)).squeeze(1)  # [L]
+        n_max = min(max(states[i].params.logprobs for i in lp_rows), V)
+        tv, ti = logprobs.topk(n_max, dim=-1)  # [L, n_max], sorted, highest first
+        # One device->host copy for everything: float64 holds the ids (< 2**53) and the fp32
+        # logprobs exactly.
+        packed = torch.cat([tokens.double(), chosen.double(), ti.double().reshape(-1),
+                            tv.double().reshape(-1)]).tolist()
+        token_list = [int(t) for t in packed[:B]]
+        chosen_l = packed[B:B + L]
+        top_i, top_v = packed[B + L:B + L + L * n_max], packed[B + L + L * n_max:]
         results = [SampleResult(t, None, None) for t in token_list]
-        if logprobs is not None:
-            chosen = logprobs.gather(1, tokens[_idx(lp_rows, dev)].unsqueeze(1)).squeeze(1).tolist()
-            n_max = max(states[i].params.logprobs for i in lp_rows)
-            top_v = top_i = None
-            if n_max > 0:
-                tv, ti = logprobs.topk(min(n_max, V), dim=-1)  # sorted, highest first
-                top_v, top_i = tv.tolist(), ti.tolist()
-            for j, i in enumerate(lp_rows):
-                n = states[i].params.logprobs
-                top = list(zip(top_i[j][:n], top_v[j][:n])) if n > 0 else []
-                results[i].logprob = chosen[j]
-                results[i].top_logprobs = top
+        for j, i in enumerate(lp_rows):
+            n = states[i].params.logprobs
+            row = slice(j * n_max, j * n_max + n)
+            results[i].logprob = chosen_l[j]
+            results[i].top_logprobs = [(int(t), v) for t, v in zip(top_i[row], top_v[row])]
         return results
 
 

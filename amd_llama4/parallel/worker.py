@@ -1,57 +1,90 @@
 """One tensor/expert-parallel rank: its weight slices, its KV-head slice of the paged cache and a
-ModelRunner. Run as a Ray actor (executor.py); every rank executes every step, rank 0 returns logits."""
+ModelRunner. Run as a Ray actor (executor.py). Every rank executes every step from the same
+StepMessage (parallel/wire.py); rank 0 samples on its device and returns only SampleResults."""
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 
 
 class Worker:
-    def __init__(self, rank: int, world: int, init_method: str, engine_args: dict, num_blocks: int):
+    def __init__(self, rank: int, world: int, init_method: str, engine_args: dict):
         import torch.distributed as dist
 
-        from amd_llama4.engine.kv_cache import KVCache
-        from amd_llama4.engine.llm_engine import EngineArgs, parse_dtype
-        from amd_llama4.engine.runner import ModelRunner
+        from amd_llama4.engine.llm_engine import EngineArgs
+        from amd_llama4.engine.sampler import Sampler
         from amd_llama4.model.loader import load_model
-        from amd_llama4.parallel.tp import Parallel, local_shapes
+        from amd_llama4.parallel.tp import Parallel
+        from amd_llama4.parallel.wire import StepMirror
+        from amd_llama4.platform import parse_dtype
 
-        args = EngineArgs(**engine_args)
-        gpu = args.device != "cpu"
-        if gpu:  # Ray (or the user) made exactly this rank's GPU visible
-            torch.cuda.set_device(0)
-            device = torch.device("cuda", 0)
+        args = self.args = EngineArgs(**engine_args)
+        gpu = args.device != "cpu"  # RayExecutor resolved it: "cuda" or "cpu"
+        if gpu:
+            from amd_llama4.parallel.devices import bind_rank_device
+
+            self.device = bind_rank_device()
         else:
             torch.set_num_threads(max(1, int(os.environ.get("AMD_LLAMA4_WORKER_THREADS", "1"))))
-            device = torch.device("cpu")
-        # gloo on CPU; NCCL on CUDA, which ROCm's torch maps to RCCL
-        import datetime
-
+            self.device = torch.device("cpu")
         # A bounded collective timeout: if a peer dies, the survivors give up instead of hanging.
         timeout = datetime.timedelta(seconds=float(os.environ.get("AMD_LLAMA4_COLLECTIVE_TIMEOUT_S", "120")))
+        # gloo on CPU; NCCL on CUDA, which ROCm's torch maps to RCCL
         dist.init_process_group("nccl" if gpu else "gloo", init_method=init_method, rank=rank, world_size=world,
                                 timeout=timeout)
         self.rank, self.par = rank, Parallel(rank, world, args.expert_parallel)
-        dtype = parse_dtype(args.dtype)
-        self.model = load_model(args.model, dtype=dtype, device=device, quantization=args.quantization,
+        self.dtype = parse_dtype(args.dtype)
+        self.model = load_model(args.model, dtype=self.dtype, device=self.device, quantization=args.quantization,
                                 parallel=self.par, progress=False)
-        s = local_shapes(self.model.config, self.par)
-        fmt = "e4m3fn"
-        if args.kv_cache_dtype == "fp8":
-            from amd_llama4.platform import fp8_format
-
-            fmt = fp8_format()
-        self.cache = KVCache(self.model.config, num_blocks, args.block_size, dtype, device, args.kv_cache_dtype,
-                             fmt, getattr(self.model, "kv_scales", None), kv_heads=(s.kv_head_start, s.n_kv_heads))
-        self.runner = ModelRunner(self.model, self.cache, device)
+        self.mirror, self.sampler = StepMirror(), Sampler()
+        self.runner = None  # init_cache, once the driver has sized the KV pools
 
     def ready(self) -> int:
         return self.rank
 
-    def execute(self, items):
-        logits = self.runner.execute(items)
-        return logits.cpu() if self.rank == 0 else None
+    def device_index(self) -> int | None:
+        return self.device.index
+
+    def kv_budget(self) -> int:
+        """Bytes this rank can give its KV-head slice of the cache (engine/memory.py's model)."""
+        from amd_llama4.engine.memory import measure_kv_budget
+
+        return measure_kv_budget(self.model, self.args, self.device)
+
+    def init_cache(self, blocks) -> None:
+        """blocks: per-pool block counts ({"global": n, "chunked": m}), equal on every rank."""
+        from amd_llama4.engine.kv_cache import KVCache
+        from amd_llama4.engine.memory import model_len
+        from amd_llama4.engine.runner import ModelRunner
+        from amd_llama4.parallel.tp import local_shapes
+
+        fmt = "e4m3fn"
+        if self.args.kv_cache_dtype == "fp8":
+            from amd_llama4.platform import fp8_format
+
+            fmt = fp8_format()
+        s = local_shapes(self.model.config, self.par)
+        cache = KVCache(self.model.config, blocks, self.args.block_size, self.dtype, self.device,
+                        self.args.kv_cache_dtype, fmt, getattr(self.model, "kv_scales", None),
+                        kv_heads=(s.kv_head_start, s.n_kv_heads))
+        self.runner = ModelRunner(self.model, cache, self.device, self.args.enforce_eager,
+                                  max_model_len=model_len(self.args, self.model.config),
+                                  max_num_seqs=self.args.max_num_seqs)
+
+    def execute(self, msg):
+        """msg: a StepMessage. -> rank 0: a SampleResult per sampled row; other ranks: None."""
+        if self.runner is None:
+            raise RuntimeError("Worker.execute before init_cache: the engine must size the KV cache first")
+        items, rows, states = self.mirror.apply(msg)
+        logits = self.runner.execute(items)  # [B, V] on this rank's device; every rank joins the collectives
+        if self.rank != 0 or not rows:
+            return None if self.rank != 0 else []
+        results = self.sampler(logits[rows] if len(rows) < len(items) else logits, states)
+        for st, res in zip(states, results):  # the driver appends the same ids to its own states
+            st.append(res.token_id)
+        return results
 
     def resident_weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())

@@ -233,3 +233,40 @@ def test_low_precision_and_noncontiguous_logits():
     logits = big.t()  # [6, 129] non-contiguous
     out = Sampler()(logits.to(torch.bfloat16), [state(temperature=0.0) for _ in range(6)])
     assert [r.token_id for r in out] == logits.to(torch.bfloat16).float().argmax(-1).tolist()
+
+
+class _HostCopies(torch.overrides.TorchFunctionMode):
+    """Records the tensor methods that copy device data to the host (each a sync on a GPU)."""
+
+    NAMES = {"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES or (name == "to" and any(str(a) == "cpu" for a in list(args[1:]) +
+                                                       list((kwargs or {}).values()))):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("with_logprobs", [False, True])
+def test_one_host_copy_per_call(with_logprobs):
+    """The sampled ids (and logprobs) reach the host in one copy: on a GPU every other copy would be
+    another sync per step. A batch with greedy, top-k, top-p, min-p, penalty, seeded and
+    min_tokens rows."""
+    torch.manual_seed(4)
+    logits = torch.randn(7, 131) * 2
+    lp = {"logprobs": 3} if with_logprobs else {}
+    sts = [state(temperature=0.0, **lp), state(seed=1, top_k=7), state(seed=2, top_p=0.8, **lp),
+           state(min_p=0.1), state(repetition_penalty=1.3, presence_penalty=0.5, seed=3),
+           state(temperature=0.0, min_tokens=2), state(seed=5, top_k=4, top_p=0.9, logprobs=0)]
+    sts[4].append(9)
+    with _HostCopies() as rec:
+        out = Sampler()(logits, sts)
+    assert rec.calls == ["tolist"], rec.calls
+    assert out[0].token_id == int(logits[0].argmax())
+    assert (out[0].top_logprobs is not None) == with_logprobs
+    assert len(out[6].top_logprobs) == 0 and out[6].logprob is not None

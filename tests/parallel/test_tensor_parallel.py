@@ -69,3 +69,62 @@ def test_rank_slices_reassemble_the_full_weights(checkpoint):
     torch.testing.assert_close(torch.cat(halves, -1), full[gu], rtol=0, atol=0)
     with pytest.raises(ValueError, match="tensor_parallel_size=3"):
         load_model(folder, progress=False, parallel=Parallel(0, 3))
+
+
+def _tensors_or_vocab_lists(obj, vocab, path="result"):
+    """Paths inside obj (lists, tuples, dicts, dataclasses) holding a tensor or a vocab-long list."""
+    import dataclasses
+
+    if isinstance(obj, torch.Tensor):
+        return [f"{path}: tensor {tuple(obj.shape)}"]
+    if isinstance(obj, (list, tuple)):
+        bad = [f"{path}: {len(obj)}-long list"] if len(obj) >= vocab else []
+        return bad + [p for i, x in enumerate(obj) for p in _tensors_or_vocab_lists(x, vocab, f"{path}[{i}]")]
+    if isinstance(obj, dict):
+        return [p for k, x in obj.items() for p in _tensors_or_vocab_lists(x, vocab, f"{path}[{k!r}]")]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [p for f in dataclasses.fields(obj)
+                for p in _tensors_or_vocab_lists(getattr(obj, f.name), vocab, f"{path}.{f.name}")]
+    return []
+
+
+@pytest.mark.slow
+def test_workers_return_sampled_ids_not_logits(ray_cluster, checkpoint, monkeypatch):
+    """tp=2: rank 0 samples on its device; what reaches the driver is SampleResults (ids, requested
+    logprobs), no tensor and nothing vocab-sized, and seeded sampling with top-k/top-p/penalties and
+    logprobs gives tp=1's tokens."""
+    from amd_llama4.engine.sampler import SampleResult
+
+    folder, prompts, _ = checkpoint
+    params = [SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=7, max_tokens=12, ignore_eos=True,
+                             logprobs=3),
+              SamplingParams(temperature=1.0, repetition_penalty=1.2, min_p=0.05, seed=3, max_tokens=12,
+                             ignore_eos=True)]
+    from amd_llama4.parallel.executor import resolve_tp_device
+
+    assert resolve_tp_device("auto", 2).type == "cpu"  # this Ray has no GPUs: CPU workers
+    want = LLM(folder).generate(prompts, params)
+    llm = LLM(folder, tensor_parallel_size=2)
+    seen = []
+    real_get = ray_cluster.get
+
+    def recording_get(refs, *a, **kw):
+        out = real_get(refs, *a, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(ray_cluster, "get", recording_get)
+    try:
+        got = llm.generate(prompts, params)
+    finally:
+        monkeypatch.undo()
+        llm.shutdown()
+    for w, g in zip(want, got):
+        assert g.outputs[0].token_ids == w.outputs[0].token_ids
+    for (wt, wtop), (gt, gtop) in zip(want[0].outputs[0].logprobs, got[0].outputs[0].logprobs):
+        assert gt.token_id == wt.token_id and gt.logprob == pytest.approx(wt.logprob, abs=1e-4)
+        assert [x.token_id for x in gtop] == [x.token_id for x in wtop]
+    bad = [p for i, obj in enumerate(seen) for p in _tensors_or_vocab_lists(obj, CFG["vocab_size"], f"get#{i}")]
+    assert not bad, bad
+    results = [x for obj in seen if isinstance(obj, list) for x in obj if isinstance(x, SampleResult)]
+    assert len(results) == sum(len(o.outputs[0].token_ids) for o in got)  # every sampled id came this way

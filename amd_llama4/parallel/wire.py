@@ -1,0 +1,125 @@
+"""What crosses processes each tensor-parallel step, and the worker-side mirror it updates.
+
+Driver -> workers: one StepMessage per step (put once, read by every rank) with the requests seen
+for the first time, the ones gone since the last step, and per scheduled sequence its new tokens
+and only the changes of its block tables: a decode step's message does not grow with the context.
+Rank 0 -> driver: the sampled ids (and requested logprobs) as SampleResults, never logits.
+Every rank keeps the same mirror (block tables; rank 0 also samples from the sampling states).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amd_llama4.engine.kv_cache import SeqBlocks
+from amd_llama4.engine.runner import StepItem
+from amd_llama4.engine.sampler import SamplingState
+from amd_llama4.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class NewRequest:
+    key: int  # the driver's Sequence.arrival: unique per sequence, stable across preemption
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    eos_token_ids: list[int]
+    output_token_ids: list[int]
+
+
+@dataclass
+class SeqStep:
+    key: int
+    tokens: list[int]  # compute these, at positions start .. start+len-1
+    start: int
+    sample: bool  # the last token ends the known ids: sample the next one
+    # kind -> (replace, blocks): replace=False appends to the mirror's table; only changed kinds
+    tables: dict[str, tuple[bool, list[int]]] = field(default_factory=dict)
+    chunk_start: int | None = None  # None: unchanged
+
+
+@dataclass
+class StepMessage:
+    new: list[NewRequest]
+    finished: list[int]
+    seqs: list[SeqStep]
+
+
+@dataclass
+class _Sent:
+    """What the workers' mirror holds of one table: the driver's list object (kept alive, so a
+    replaced table never shares its identity), how many of its blocks were sent, the last one."""
+
+    table: list[int]
+    n: int
+    last: int | None
+
+
+class StepEncoder:
+    """Driver side: turns scheduled sequences into a StepMessage of changes since the last one."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, dict[str, _Sent]] = {}
+        self._chunk_start: dict[int, int] = {}
+
+    def encode(self, seqs, num_tokens: list[int], sample: list[bool], states: list[SamplingState],
+               live: set[int]) -> StepMessage:
+        """seqs: the scheduler's Sequences of this step; states: their SamplingStates; live: keys
+        (Sequence.arrival) of every sequence the engine still holds (the rest are dropped)."""
+        finished = [k for k in self._sent if k not in live]
+        for k in finished:
+            del self._sent[k], self._chunk_start[k]
+        new, steps = [], []
+        for seq, n, smp, st in zip(seqs, num_tokens, sample, states):
+            key = seq.arrival
+            if key not in self._sent:
+                new.append(NewRequest(key, st.params, list(st.prompt_token_ids), list(st.eos_token_ids),
+                                      list(st.output_token_ids)))
+                self._sent[key], self._chunk_start[key] = {}, 0
+            step = SeqStep(key, seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed, smp)
+            sent = self._sent[key]
+            for kind, table in seq.blocks.tables.items():
+                s = sent.get(kind)
+                appended = (s is not None and s.table is table and len(table) >= s.n
+                            and (s.n == 0 or table[s.n - 1] == s.last))
+                if not appended:  # a new chunk, a preemption: the (bounded or rare) full table
+                    step.tables[kind] = (True, list(table))
+                elif len(table) > s.n:
+                    step.tables[kind] = (False, table[s.n:])
+                sent[kind] = _Sent(table, len(table), table[-1] if table else None)
+            if seq.blocks.chunk_start != self._chunk_start[key]:
+                step.chunk_start = self._chunk_start[key] = seq.blocks.chunk_start
+            steps.append(step)
+        return StepMessage(new, finished, steps)
+
+
+class StepMirror:
+    """Worker side: the block tables and sampling states of every live sequence."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, SeqBlocks] = {}
+        self.sampling: dict[int, SamplingState] = {}
+
+    def apply(self, msg: StepMessage) -> tuple[list[StepItem], list[int], list[SamplingState]]:
+        """-> (the runner's items, rows to sample, their sampling states)."""
+        for k in msg.finished:
+            self.blocks.pop(k, None)
+            self.sampling.pop(k, None)
+        for r in msg.new:
+            self.blocks[r.key] = SeqBlocks()
+            st = self.sampling[r.key] = SamplingState(r.params, r.prompt_token_ids, r.eos_token_ids)
+            for t in r.output_token_ids:
+                st.append(t)
+        items, rows, states = [], [], []
+        for row, s in enumerate(msg.seqs):
+            blocks = self.blocks[s.key]
+            for kind, (replace, ids) in s.tables.items():
+                if replace:
+                    blocks.tables[kind] = list(ids)
+                else:
+                    blocks.tables[kind] += ids
+            if s.chunk_start is not None:
+                blocks.chunk_start = s.chunk_start
+            items.append(StepItem(blocks, s.tokens, s.start))
+            if s.sample:
+                rows.append(row)
+                states.append(self.sampling[s.key])
+        return items, rows, states
