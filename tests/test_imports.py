@@ -21,7 +21,7 @@ PKG = "amd_llama4"
 # `parallel` into `engine` (engine<->parallel, model<->parallel); take the native-extension facts
 # out of platform.info() (platform<->ops); move the FP8 modules that the loader builds out of
 # `quant` (model<->quant).
-KNOWN_CYCLES = [("engine", "parallel"), ("model", "parallel"), ("platform", "ops"), ("model", "quant")]
+KNOWN_CYCLES = [("engine", "parallel"), ("model", "parallel")]
 
 
 def _modules() -> dict[str, Path]:

@@ -6,7 +6,7 @@ import sys
 
 def run(args) -> int:
     from amd_llama4.engine.llm_engine import parse_dtype
-    from amd_llama4.quant.convert import convert_checkpoint
+    from amd_llama4.tools.checkpoint_convert import convert_checkpoint
 
     fmt = {"fn": "e4m3fn", "fnuz": "e4m3fnuz"}[args.fp8]
     try:

@@ -19,9 +19,10 @@ def run(args) -> int:
         return _run_model(args)
     from amd_llama4 import platform
 
+    from amd_llama4.ops import native
     from amd_llama4.ops.dispatch import backend_status
 
-    facts = platform.info()
+    facts = {**platform.info(), **native.info()}
     # backend -> "ok" or why its kernels cannot run here (import error, CPU-only build, disabled)
     facts["backends"] = {b: why or "ok" for b, why in backend_status().items()}
     if args.json:
@@ -38,7 +39,7 @@ def run(args) -> int:
 
 def _run_model(args) -> int:
     from amd_llama4.engine.llm_engine import parse_dtype
-    from amd_llama4.quant.memory import memory_report
+    from amd_llama4.tools.quant_memory import memory_report
 
     rep = memory_report(args.model, parse_dtype(args.dtype), args.quantization, args.kv_cache_dtype)
     if args.json:

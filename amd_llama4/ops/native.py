@@ -42,6 +42,14 @@ _FP8 = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
 _GPU = _C is not None and build_info()["backend"] in ("rocm", "cuda")
 
 
+def info() -> dict:
+    """The extension's facts for `amd-llama4 info` and benchmark metadata."""
+    try:
+        return {"native_extension": available(), "native_build": build_info() if available() else None}
+    except Exception as e:  # noqa: BLE001 - info must always print
+        return {"native_extension": available(), "native_build": f"error: {e}"}
+
+
 def _ref(t: torch.Tensor, name: str):
     # called ~300 times per decode step: attribute reads only (is_cuda is also true on ROCm)
     if t.is_cuda:

@@ -154,7 +154,9 @@ def git_revision(path: str | None = None) -> str | None:
 
 def run_metadata() -> dict:
     """Device, versions and git revision stamped into every results file."""
-    info = platform.info()
+    from amd_llama4.ops import native
+
+    info = {**platform.info(), **native.info()}
     try:
         import triton  # noqa: PLC0415
 

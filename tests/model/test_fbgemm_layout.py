@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from amd_llama4 import Llama4Config, load_model, ops
 from amd_llama4.config import QuantConfig
 from amd_llama4.parallel.tp import Parallel
-from amd_llama4.quant.convert import write_checkpoint
+from amd_llama4.tools.checkpoint_convert import write_checkpoint
 from amd_llama4.quant.fp8 import FP8Experts, FP8Linear
 from tests.hf_reference import hf_model
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from amd_llama4 import load_model
-from amd_llama4.quant.accuracy import agreement_and_kl, teacher_forced_logits, top1_margin
+from amd_llama4.tools.quant_accuracy import agreement_and_kl, teacher_forced_logits, top1_margin
 from amd_llama4.quant.fp8 import FP8Experts, FP8Linear
 
 N = 320

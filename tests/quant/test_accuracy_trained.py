@@ -28,7 +28,7 @@ import torch
 from amd_llama4.config import QuantConfig
 from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.platform import torch_fp8_dtype
-from amd_llama4.quant.accuracy import agreement_and_kl, teacher_forced_logits
+from amd_llama4.tools.quant_accuracy import agreement_and_kl, teacher_forced_logits
 from amd_llama4.quant.fp8 import FP8Experts, FP8Linear, quantize_model
 from tests.quant.tiny_trained import held_out_sequences, load_trained, logits, next_token_loss
 

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from amd_llama4 import CheckpointError, load_model, ops
 from amd_llama4.cli import main
 from amd_llama4.config import QuantConfig
-from amd_llama4.quant import convert as conv
-from amd_llama4.quant.convert import checkpoint_tensors, convert_checkpoint, verify_checkpoint
+from amd_llama4.tools import checkpoint_convert as conv
+from amd_llama4.tools.checkpoint_convert import checkpoint_tensors, convert_checkpoint, verify_checkpoint
 from amd_llama4.quant.fp8 import FP8Experts, FP8Linear
 
 IDS = torch.randint(5, 500, (2, 41), generator=torch.Generator().manual_seed(0))
@@ -191,7 +191,7 @@ def test_pre_quantised_per_expert_layout_and_ignore_list(tmp_path, qc):
 
 
 def test_loaded_kv_scales_are_used(tmp_path):
-    from amd_llama4.quant.accuracy import teacher_forced_logits
+    from amd_llama4.tools.quant_accuracy import teacher_forced_logits
 
     m = load_model("tiny-scout", quantization=FN)
     folder = str(tmp_path / "kv")

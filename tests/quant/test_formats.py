@@ -4,7 +4,7 @@ import torch
 
 from amd_llama4 import load_model, ops
 from amd_llama4.config import QuantConfig
-from amd_llama4.quant.accuracy import teacher_forced_logits
+from amd_llama4.tools.quant_accuracy import teacher_forced_logits
 from amd_llama4.quant.fp8 import FP8Experts, FP8Linear, convert_model_format
 
 

@@ -171,7 +171,7 @@ def held_out_sequences(held_out: torch.Tensor, seqs: int = SEQS, seq_len: int = 
 
 def logits(model, sequences: list[list[int]], **kw) -> torch.Tensor:
     """Teacher-forced logits of every position of every sequence, concatenated: [sum of lengths, V]."""
-    from amd_llama4.quant.accuracy import teacher_forced_logits
+    from amd_llama4.tools.quant_accuracy import teacher_forced_logits
 
     return torch.cat([teacher_forced_logits(model, ids, tokens_per_step=STEP, **kw) for ids in sequences])
 
@@ -185,7 +185,7 @@ def next_token_loss(ref: torch.Tensor, sequences: list[list[int]]) -> float:
 def main(seeds: list[int]) -> None:
     """Print, per training seed and fp8 format, the figures the tests assert on."""
     from amd_llama4.config import QuantConfig
-    from amd_llama4.quant.accuracy import agreement_and_kl
+    from amd_llama4.tools.quant_accuracy import agreement_and_kl
     from amd_llama4.quant.fp8 import quantize_model
 
     train_ids, sequences = token_stream(TRAIN_MODULES), held_out_sequences(token_stream(HELD_OUT_MODULES))
