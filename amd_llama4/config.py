@@ -52,6 +52,7 @@ class Llama4Config:
     eos_token_id: int | list[int] | None = field(default_factory=lambda: [200001, 200007, 200008])
     pad_token_id: int | None = 200018
     quantization_config: dict | None = None  # a pre-quantised checkpoint's, as in its config.json
+    torch_dtype: str | None = None  # the checkpoint's weight dtype ('bfloat16'); dtype="auto" uses it on GPU
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -105,10 +106,15 @@ class Llama4Config:
         if "text_config" in d:
             outer = d
             d = dict(d["text_config"])
-            for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "quantization_config"):
+            for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "quantization_config",
+                      "torch_dtype", "dtype"):
                 if k not in d and k in outer:
                     d[k] = outer[k]
         d = dict(d)
+        if "dtype" in d:  # transformers 5 writes `dtype`, the released checkpoints `torch_dtype`
+            d.setdefault("torch_dtype", d.pop("dtype"))
+        if d.get("torch_dtype") is not None:
+            d["torch_dtype"] = str(d["torch_dtype"]).removeprefix("torch.")
         params = d.pop("rope_parameters", None)  # transformers 5 layout
         if params:
             d.setdefault("rope_theta", params.get("rope_theta", cls.rope_theta))
@@ -147,8 +153,9 @@ class Llama4Config:
         d = dataclasses.asdict(self)
         rs = d.pop("rope_scaling")
         d["rope_scaling"] = None if rs is None else {"rope_type": "llama3", **rs}
-        if d["quantization_config"] is None:
-            del d["quantization_config"]
+        for k in ("quantization_config", "torch_dtype"):
+            if d[k] is None:
+                del d[k]
         d["model_type"] = "llama4_text"
         d["architectures"] = ["Llama4ForCausalLM"]
         return d

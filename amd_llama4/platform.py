@@ -91,6 +91,47 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(f"device {device!r}: expected 'auto', 'cpu', 'cuda[:N]' or 'meta' ({e})") from None
 
 
+# dtype names accepted by --dtype / EngineArgs.dtype / load_model (the one table); "auto" is resolve_dtype's
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+# dtype="auto" on CPU: fp32 is faster than bf16 here (no bf16 GEMM units on the CPUs we run on;
+# measured: bf16 decode slower) and within every parity tolerance by construction
+CPU_AUTO_DTYPE = torch.float32
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """An explicit dtype name ('bfloat16', 'fp32', ...) or torch.dtype -> torch.dtype; for 'auto' use
+    resolve_dtype, which needs the device and the checkpoint's config."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r} not in {sorted(DTYPES)} "
+                         "('auto' is resolved by platform.resolve_dtype(dtype, device, cfg))") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device, cfg=None) -> torch.dtype:
+    """'auto' (or None): on CPU, CPU_AUTO_DTYPE; elsewhere (GPU, meta) the checkpoint config's
+    torch_dtype (bf16 for the released models), bf16 when it names none (presets).
+    An explicit name or torch.dtype is returned as that dtype."""
+    if dtype is not None and not (isinstance(dtype, str) and dtype.lower() == "auto"):
+        return parse_dtype(dtype)
+    if torch.device(device).type == "cpu":
+        return CPU_AUTO_DTYPE
+    name = getattr(cfg, "torch_dtype", None)
+    if name is None:
+        return torch.bfloat16
+    try:
+        return parse_dtype(name)
+    except ValueError:
+        raise ValueError(f"config.json torch_dtype {name!r} is not a weight dtype we run in; "
+                         f"pass dtype= one of {sorted(DTYPES)}") from None
+
+
 def gpu_arch(index: int = 0) -> str | None:
     """e.g. 'gfx942' on MI300X, 'sm_90' on H100/H200, None on CPU."""
     k = kind()
@@ -127,13 +168,8 @@ def has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def has_native() -> bool:
-    from amd_llama4.ops import native
-
-    return native.available()
-
-
 def info() -> dict:
+    """Torch and device facts; the native extension's are ops.native.info() (ops sits above platform)."""
     k = kind()
     n = torch.cuda.device_count() if k != "cpu" else 0
     arch = gpu_arch()
@@ -146,17 +182,10 @@ def info() -> dict:
         "gpu_arch": arch,
         "gpu_count": n,
         "fp8_format": fp8_format_for_arch(arch),
-        "native_extension": has_native(),
         "triton": has_triton(),
         "python": _py_platform.python_version(),
         "machine": _py_platform.machine(),
     }
-    try:
-        from amd_llama4.ops import native
-
-        out["native_build"] = native.build_info() if native.available() else None
-    except Exception as e:  # noqa: BLE001 - info must always print
-        out["native_build"] = f"error: {e}"
     return out
 
 

@@ -5,12 +5,10 @@ import sys
 
 
 def _engine_args(p) -> None:
+    from amd_llama4.commands._engine_flags import add_engine_flags
+
     p.add_argument("--model", default="tiny-scout", help="preset name or checkpoint folder")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
-    p.add_argument("--quantization", default=None, choices=["fp8"], help="online FP8 weights + activations")
-    p.add_argument("--max-model-len", type=int, default=None)
+    add_engine_flags(p)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -20,9 +18,9 @@ def _engine_args(p) -> None:
 
 def _build(args):
     from amd_llama4 import LLM, SamplingParams
+    from amd_llama4.commands._engine_flags import engine_kwargs
 
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, kv_cache_dtype=args.kv_cache_dtype,
-              max_model_len=args.max_model_len, quantization=args.quantization)
+    llm = LLM(args.model, **engine_kwargs(args))
     sp = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         max_tokens=args.max_tokens, seed=args.seed)
     return llm, sp

@@ -6,15 +6,12 @@ import os
 
 
 def run(args) -> int:
+    from amd_llama4.commands._engine_flags import engine_kwargs
     from amd_llama4.serve.local import run_server
 
     options = {k: v for k, v in (("max_queue", args.max_queue), ("request_timeout_s", args.request_timeout),
                                  ("engine_factory", args.engine_factory)) if v is not None}
-    engine_args = {"model": args.model, "tensor_parallel_size": args.tensor_parallel_size,
-                   "expert_parallel": args.expert_parallel, "dtype": args.dtype,
-                   "kv_cache_dtype": args.kv_cache_dtype, "quantization": args.quantization,
-                   "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs}
-    engine_args = {k: v for k, v in engine_args.items() if v is not None}
+    engine_args = {"model": args.model, **engine_kwargs(args)}
     run_server(engine_args, host=args.host, port=args.port,
                api_key=args.api_key or os.environ.get("AMD_LLAMA4_API_KEY") or None,
                use_ray=not args.no_ray, served_model_name=args.served_model_name, **options)
@@ -24,16 +21,11 @@ def run(args) -> int:
 def register(sub) -> None:
     # No serving imports here: every `amd-llama4` command builds this parser, and fastapi/ray
     # are optional dependencies.
+    from amd_llama4.commands._engine_flags import add_engine_flags
+
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)")
     p.add_argument("--model", required=True, help="checkpoint folder or preset name")
-    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, help="GPUs per engine")
-    p.add_argument("--expert-parallel", action="store_true", help="split MoE experts across TP ranks")
-    p.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: engine's)")
-    p.add_argument("--kv-cache-dtype", default=None, help="auto | fp8 (default: engine's)")
-    p.add_argument("--quantization", default=None, choices=["fp8"],
-                   help="online FP8 weights + activations (pre-quantised checkpoints need no flag)")
-    p.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
-    p.add_argument("--max-num-seqs", type=int, default=None, help="sequences batched per engine step")
+    add_engine_flags(p)  # --device, --dtype, --gpu-memory-utilization, ... (vLLM's names)
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,

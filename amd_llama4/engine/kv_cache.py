@@ -18,6 +18,12 @@ from amd_llama4.config import Llama4Config
 KINDS = ("global", "chunked")
 
 
+def layer_kinds(cfg: Llama4Config) -> list[str]:
+    """The pool each layer's K/V lives in: 'chunked' for chunk-local RoPE layers, else 'global'."""
+    return ["chunked" if (cfg.uses_rope(i) and cfg.attention_chunk_size) else "global"
+            for i in range(cfg.num_hidden_layers)]
+
+
 class BlockAllocator:
     """A free list of block ids; LIFO reuse keeps recently freed blocks warm."""
 
@@ -57,20 +63,27 @@ class KVCache:
     (amax / fp8 max: nothing saturates, whatever the later tokens look like; 4 bytes per 128 fp8
     values)."""
 
-    def __init__(self, cfg: Llama4Config, num_blocks: int, block_size: int, dtype: torch.dtype,
+    def __init__(self, cfg: Llama4Config, num_blocks: int | dict[str, int], block_size: int, dtype: torch.dtype,
                  device: torch.device | str, kv_cache_dtype: str = "auto", fp8_format: str = "e4m3fn",
                  kv_scales: dict[int, dict[str, torch.Tensor]] | None = None, kv_heads: tuple[int, int] | None = None,
                  allocate: bool = True):
-        """kv_heads: (first, count) of the KV heads this tensor-parallel rank holds (default: all).
-        allocate=False: block bookkeeping only (the driver of tensor-parallel workers)."""
+        """num_blocks: blocks per pool ({"global": n, "chunked": m}, see engine/memory.plan_kv_pools);
+        an int gives every pool that many. kv_heads: (first, count) of the KV heads this
+        tensor-parallel rank holds (default: all). allocate=False: block bookkeeping only (the
+        driver of tensor-parallel workers)."""
         self.cfg, self.block_size, self.dtype = cfg, block_size, dtype
         self.chunk = cfg.attention_chunk_size
-        layer_kind = ["chunked" if (cfg.uses_rope(i) and self.chunk) else "global"
-                      for i in range(cfg.num_hidden_layers)]
+        layer_kind = layer_kinds(cfg)
         self.kind_of_layer = layer_kind
         self.index_in_kind = [layer_kind[:i].count(layer_kind[i]) for i in range(len(layer_kind))]
         counts = {k: layer_kind.count(k) for k in KINDS}
         self.kinds = [k for k in KINDS if counts[k]]
+        blocks = num_blocks if isinstance(num_blocks, dict) else dict.fromkeys(self.kinds, num_blocks)
+        missing = [k for k in self.kinds if blocks.get(k, 0) < 1]
+        if missing:
+            raise ValueError(f"KVCache num_blocks {num_blocks!r}: pool(s) {missing} need >= 1 block "
+                             f"(this model has {counts} layers per pool)")
+        self.num_blocks = {k: int(blocks[k]) for k in self.kinds}
         self.fp8 = kv_cache_dtype == "fp8"
         if kv_cache_dtype not in ("auto", "fp8"):
             raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} not in ('auto', 'fp8')")
@@ -81,7 +94,8 @@ class KVCache:
         self.fp8_max = FP8_MAX[fp8_format] if self.fp8 else None
         h0, nh = kv_heads or (0, cfg.num_key_value_heads)
         self.num_kv_heads = nh
-        shape = lambda k: (counts[k] if allocate else 0, num_blocks * block_size, nh, cfg.head_dim)  # noqa: E731
+        slots = {k: self.num_blocks[k] * block_size for k in self.kinds}
+        shape = lambda k: (counts[k] if allocate else 0, slots[k], nh, cfg.head_dim)  # noqa: E731
         self.k = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
         self.v = {k: torch.zeros(shape(k), dtype=self.store_dtype, device=device) for k in self.kinds}
         # fp8 static scales [layer, K|V, kv head]; 0 = none loaded: that layer scales per token
@@ -95,9 +109,9 @@ class KVCache:
         self.scales = self.scales.to(device)
         self.static = [bool((self.scales[i] > 0).all()) for i in range(cfg.num_hidden_layers)]
         # fp8 per-token scales [layers_of_kind, slots, K|V, kv head] for the layers without static ones
-        sshape = lambda k: (counts[k] if allocate and self.fp8 else 0, num_blocks * block_size, 2, nh)  # noqa: E731
+        sshape = lambda k: (counts[k] if allocate and self.fp8 else 0, slots[k], 2, nh)  # noqa: E731
         self.token_scales = {k: torch.zeros(sshape(k), dtype=torch.float32, device=device) for k in self.kinds}
-        self.allocators = {k: BlockAllocator(num_blocks) for k in self.kinds}
+        self.allocators = {k: BlockAllocator(self.num_blocks[k]) for k in self.kinds}
 
     # -- block bookkeeping (scheduler side) ---------------------------------------------------
     def blocks_needed(self, seq: SeqBlocks, start: int, end: int) -> dict[str, int]:

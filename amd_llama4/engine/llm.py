@@ -10,8 +10,10 @@ from amd_llama4.engine.sampling_params import SamplingParams
 
 
 class LLM:
-    """LLM(model="tiny-scout" | checkpoint folder, dtype=..., device=..., kv_cache_dtype="auto",
-    max_model_len=..., max_num_seqs=...). Prompts are strings or lists of token ids."""
+    """LLM(model="tiny-scout" | checkpoint folder, device="auto", dtype="auto", kv_cache_dtype="auto",
+    max_model_len=..., max_num_seqs=..., gpu_memory_utilization=0.9, kv_cache_memory_bytes=None, ...):
+    any EngineArgs field. device "auto": the GPU torch sees (ROCm or CUDA), else the CPU; dtype
+    "auto": the checkpoint's torch_dtype on GPU, float32 on CPU. Prompts are strings or token-id lists."""
 
     def __init__(self, model: str, **kwargs):
         self.engine = LLMEngine(EngineArgs(model=str(model), **kwargs))

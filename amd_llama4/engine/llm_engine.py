@@ -14,19 +14,10 @@ from amd_llama4.engine.runner import ModelRunner, StepItem
 from amd_llama4.engine.sampler import Sampler, SamplingState
 from amd_llama4.engine.sampling_params import SamplingParams
 from amd_llama4.engine.scheduler import Scheduler, Sequence
+from amd_llama4.platform import parse_dtype, resolve_device, resolve_dtype
 
-_DTYPES = {"auto": torch.float32, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r} not in {sorted(_DTYPES)}") from None
+# parse_dtype lives in platform (one dtype table); imported here for the modules that used it from here
+__all__ = ["EngineArgs", "LLMEngine", "parse_dtype"]
 
 
 @dataclass
@@ -58,6 +49,10 @@ class EngineArgs:
             raise ValueError(f"max_num_seqs {self.max_num_seqs} must be >= 1")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization {self.gpu_memory_utilization} must be in (0, 1]")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            raise ValueError(f"kv_cache_memory_bytes {self.kv_cache_memory_bytes} must be positive (or None: measure)")
 
 
 @dataclass
@@ -73,50 +68,88 @@ class _Request:
 
 class LLMEngine:
     def __init__(self, args: EngineArgs, model=None):
-        from amd_llama4.model.loader import load_model
+        from amd_llama4.engine import memory
 
         self.args = args
-        self.dtype = parse_dtype(args.dtype)
         self.parallel = args.tensor_parallel_size > 1
-        if self.parallel:  # the workers hold the model; this process schedules
-            self.model = None
-            cfg = self.config = load_config(args.model)
+        # a given model runs where its weights are; else "auto" = the GPU torch sees, or the CPU
+        # (tp > 1: the GPUs the Ray cluster has, each rank binding its own)
+        if model is not None:
+            device = next(model.parameters()).device
+        elif self.parallel:
+            from amd_llama4.parallel.executor import resolve_tp_device
+
+            device = resolve_tp_device(args.device, args.tensor_parallel_size)
         else:
-            self.model = model if model is not None else load_model(
-                args.model, dtype=self.dtype, device=args.device, quantization=args.quantization, progress=False)
-            cfg = self.config = self.model.config
-        self.max_model_len = min(args.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+            device = resolve_device(args.device)
+        cfg = self.config = model.config if model is not None else load_config(args.model)
+        self.device, self.dtype = device, resolve_dtype(args.dtype, device, cfg)
+        self.max_model_len = memory.model_len(args, cfg)
         self.tokenizer = self._load_tokenizer(args.tokenizer or args.model)
         self.eos_ids = (self.tokenizer.eos_token_ids if self.tokenizer is not None else cfg.eos_token_ids)
-        blocks = args.num_kv_blocks or self._default_blocks()
-        fmt = None
-        if args.kv_cache_dtype == "fp8":
-            from amd_llama4.platform import fp8_format
-
-            fmt = fp8_format()
-        self.cache = KVCache(cfg, blocks, args.block_size, self.dtype, args.device, args.kv_cache_dtype,
-                             fmt or "e4m3fn", getattr(self.model, "kv_scales", None), allocate=not self.parallel)
-        self.scheduler = Scheduler(self.cache, args.max_num_seqs,
-                                   args.max_num_batched_tokens or max(2048, args.block_size))
-        if self.parallel:
-            from dataclasses import fields
-
-            from amd_llama4.parallel.executor import RayExecutor
-
-            # field by field, not asdict(): a QuantConfig must stay a QuantConfig
-            self.runner = RayExecutor({f.name: getattr(args, f.name) for f in fields(args)}, blocks,
-                                      args.tensor_parallel_size)
+        if self.parallel:  # the workers hold the model; this process schedules
+            self.model = None
+            self.runner = self._start_workers()
         else:
-            self.runner = ModelRunner(self.model, self.cache, args.device)
+            from amd_llama4.model.loader import load_model
+
+            self.model = model if model is not None else load_model(
+                args.model, dtype=self.dtype, device=device, quantization=args.quantization, progress=False)
+        try:
+            self.kv_plan, blocks = self._size_kv_cache()
+            fmt = None
+            if args.kv_cache_dtype == "fp8":
+                from amd_llama4.platform import fp8_format
+
+                fmt = fp8_format()
+            # tp > 1: block bookkeeping only, in this process, which may hold no GPU (a Serve replica)
+            self.cache = KVCache(cfg, blocks, args.block_size, self.dtype, "cpu" if self.parallel else device,
+                                 args.kv_cache_dtype, fmt or "e4m3fn", getattr(self.model, "kv_scales", None),
+                                 allocate=not self.parallel)
+            if self.parallel:
+                self.runner.call("init_cache", self.cache.num_blocks)
+        except Exception:  # a start-up error (the KV cache does not fit) must not leave workers behind
+            if self.parallel:
+                self.runner.shutdown()
+            raise
+        self.scheduler = Scheduler(self.cache, args.max_num_seqs, memory.batched_tokens(args))
+        if not self.parallel:
+            self.runner = ModelRunner(self.model, self.cache, device, args.enforce_eager,
+                                      max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs)
         self.sampler = Sampler()
         self._requests: dict[str, Sequence] = {}
 
-    def _default_blocks(self) -> int:
+    def _start_workers(self):
+        from dataclasses import fields
+
+        from amd_llama4.parallel.executor import RayExecutor
+
+        # field by field, not asdict(): a QuantConfig must stay a QuantConfig. Device and dtype go
+        # resolved, so every rank and this driver's block arithmetic agree on them.
+        wargs = {f.name: getattr(self.args, f.name) for f in fields(self.args)}
+        wargs.update(device=self.device.type, dtype=self.dtype)
+        return RayExecutor(wargs, self.args.tensor_parallel_size)
+
+    def _size_kv_cache(self):
+        """-> (KVPoolPlan or None, blocks per pool): the memory model (engine/memory.py), or the
+        num_kv_blocks test hook as given."""
+        from amd_llama4.engine import memory
+
         a, cfg = self.args, self.config
-        per_seq = -(-self.max_model_len // a.block_size)
-        if cfg.attention_chunk_size:  # chunked layers only ever hold one chunk
-            per_seq = max(per_seq, -(-cfg.attention_chunk_size // a.block_size) + 1)
-        return min(per_seq * min(a.max_num_seqs, 16), 1 << 16)
+        if a.num_kv_blocks is not None:
+            return None, a.num_kv_blocks
+        heads = cfg.num_key_value_heads
+        if self.parallel:  # every rank holds the same number of KV heads (its slice)
+            from amd_llama4.parallel.tp import Parallel, local_shapes
+
+            heads = local_shapes(cfg, Parallel(0, a.tensor_parallel_size, a.expert_parallel)).n_kv_heads
+            budget = min(self.runner.call("kv_budget"))  # pools are equal on every rank: the smallest decides
+        else:
+            budget = memory.measure_kv_budget(self.model, a, self.device)
+        block_bytes = memory.kv_block_bytes(cfg, a.block_size, self.dtype, a.kv_cache_dtype, heads)
+        plan = memory.plan_kv_pools(cfg, budget, block_bytes, a.block_size, a.max_num_seqs, self.max_model_len)
+        plan.log(budget)
+        return plan, plan.blocks
 
     @staticmethod
     def _load_tokenizer(source: str):
@@ -177,7 +210,7 @@ class LLMEngine:
 
     def stats(self) -> dict:
         return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
-                **self.cache.usage()}
+                **self.cache.usage(), "kv_pool_blocks": dict(self.cache.num_blocks)}
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -191,18 +224,12 @@ class LLMEngine:
             outputs.append(out)
         if not sched.seqs:
             return outputs
-        items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed)
-                 for s, n in zip(sched.seqs, sched.num_tokens)]
-        logits = self.runner.execute(items)
-        done_rows = []
-        for row, (seq, n) in enumerate(zip(sched.seqs, sched.num_tokens)):
+        # whole prompt (or the last token) computed this step: sample the next one
+        sample = [s.num_computed + n == len(s.token_ids) for s, n in zip(sched.seqs, sched.num_tokens)]
+        results = self._execute(sched.seqs, sched.num_tokens, sample)
+        for seq, n in zip(sched.seqs, sched.num_tokens):
             seq.num_computed += n
-            if seq.pending == 0:  # whole prompt (or the last token) computed: sample the next one
-                done_rows.append(row)
-        if not done_rows:
-            return outputs
-        seqs = [sched.seqs[r] for r in done_rows]
-        results = self.sampler(logits[done_rows], [s.state.sampling for s in seqs])
+        seqs = [s for s, smp in zip(sched.seqs, sample) if smp]
         for seq, res in zip(seqs, results):
             self._append(seq, res)
             outputs.append(self._output(seq))
@@ -240,3 +267,24 @@ class LLMEngine:
                                 list(st.logprobs) if st.logprobs is not None else None)
         return RequestOutput(seq.request_id, st.prompt, seq.token_ids[:seq.num_prompt], [comp],
                              finished=st.finish_reason is not None)
+
+    def _execute(self, seqs: list[Sequence], num_tokens: list[int], sample: list[bool]) -> list:
+        """Run one step; -> a SampleResult per sequence with sample=True, in order. Sampling runs on
+        the model's device either way: here (tp=1), or on rank 0, which returns only the sampled
+        ids and logprobs; the workers get the step as block-table changes (parallel/wire.py)."""
+        states = [s.state.sampling for s, smp in zip(seqs, sample) if smp]
+        if self.parallel:
+            if getattr(self, "_wire", None) is None:
+                from amd_llama4.parallel.wire import StepEncoder
+
+                self._wire = StepEncoder()
+            live = {s.arrival for s in self._requests.values()}
+            msg = self._wire.encode(seqs, num_tokens, sample, [s.state.sampling for s in seqs], live)
+            return self.runner.execute(msg)
+        items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed)
+                 for s, n in zip(seqs, num_tokens)]
+        logits = self.runner.execute(items)  # [B, V] on the model's device
+        if not states:
+            return []
+        rows = [i for i, smp in enumerate(sample) if smp]
+        return self.sampler(logits if len(rows) == len(seqs) else logits[rows], states)

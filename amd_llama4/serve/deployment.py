@@ -27,7 +27,8 @@ APP_OPTIONS: dict[str, Callable[[Any], Any]] = {
 # `serve run module:app_builder key=value` passes strings; coerce the engine args we know.
 _ENGINE_ARG_TYPES: dict[str, Callable[[Any], Any]] = {
     "model": str, "tensor_parallel_size": int, "max_model_len": int, "max_num_seqs": int,
-    "dtype": str, "kv_cache_dtype": str, "quantization": str,
+    "max_num_batched_tokens": int, "dtype": str, "device": str, "kv_cache_dtype": str, "quantization": str,
+    "gpu_memory_utilization": float, "kv_cache_memory_bytes": int,
 }
 # Ray's own headroom over our admission bound, so our 429 (not Ray's queue) answers overload.
 _ONGOING_HEADROOM = 16
@@ -51,7 +52,7 @@ def split_args(args: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, A
             continue
         if key in APP_OPTIONS:
             app_options[key] = APP_OPTIONS[key](value)
-        elif key == "expert_parallel":
+        elif key in ("expert_parallel", "enforce_eager"):
             engine_args[key] = _as_bool(value)
         else:
             engine_args[key] = _ENGINE_ARG_TYPES.get(key, lambda x: x)(value)
