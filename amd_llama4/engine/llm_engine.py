@@ -41,6 +41,8 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1
     expert_parallel: bool = False
+    # Ray's accelerator type for the tensor-parallel workers' GPUs (e.g. AMD-Instinct-MI300X-OAM, H200)
+    accelerator_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -77,7 +79,7 @@ class LLMEngine:
         if model is not None:
             device = next(model.parameters()).device
         elif self.parallel:
-            from amd_llama4.parallel.executor import resolve_tp_device
+            from amd_llama4.engine.tp.executor import resolve_tp_device
 
             device = resolve_tp_device(args.device, args.tensor_parallel_size)
         else:
@@ -122,7 +124,7 @@ class LLMEngine:
     def _start_workers(self):
         from dataclasses import fields
 
-        from amd_llama4.parallel.executor import RayExecutor
+        from amd_llama4.engine.tp.executor import RayExecutor
 
         # field by field, not asdict(): a QuantConfig must stay a QuantConfig. Device and dtype go
         # resolved, so every rank and this driver's block arithmetic agree on them.
@@ -271,11 +273,11 @@ class LLMEngine:
     def _execute(self, seqs: list[Sequence], num_tokens: list[int], sample: list[bool]) -> list:
         """Run one step; -> a SampleResult per sequence with sample=True, in order. Sampling runs on
         the model's device either way: here (tp=1), or on rank 0, which returns only the sampled
-        ids and logprobs; the workers get the step as block-table changes (parallel/wire.py)."""
+        ids and logprobs; the workers get the step as block-table changes (engine/tp/wire.py)."""
         states = [s.state.sampling for s, smp in zip(seqs, sample) if smp]
         if self.parallel:
             if getattr(self, "_wire", None) is None:
-                from amd_llama4.parallel.wire import StepEncoder
+                from amd_llama4.engine.tp.wire import StepEncoder
 
                 self._wire = StepEncoder()
             live = {s.arrival for s in self._requests.values()}

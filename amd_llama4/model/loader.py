@@ -20,7 +20,7 @@ from amd_llama4.model.layouts import CheckpointSource
 from amd_llama4.model.llama4 import Llama4ForCausalLM
 from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError, shard_bar
 from amd_llama4.parallel.tp import SINGLE, Parallel, shard_fn
-from amd_llama4.platform import FP8_DTYPES, resolve_device
+from amd_llama4.platform import FP8_DTYPES, resolve_device, resolve_dtype
 
 
 def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -153,14 +153,15 @@ def _quant_arg(quantization: str | QuantConfig | None) -> QuantConfig | None:
     return q if q is not None and q.method == "fp8" else None
 
 
-def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
                device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
                quantization: str | QuantConfig | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
     """A preset name ('tiny-scout', ...) builds random weights from `seed`; a folder loads its
     config.json and safetensors weights. device="auto": the GPU torch sees, else the CPU; "meta":
     shapes only, nothing read. quantization="fp8" (or a QuantConfig) quantises each weight while it
     is loaded; a checkpoint whose config.json has a quantization_config loads pre-quantised, its fp8
-    converted to the platform's format (e4m3fn -> e4m3fnuz on MI300). `parallel`: this rank's slices."""
+    converted to the platform's format (e4m3fn -> e4m3fnuz on MI300). `parallel`: this rank's slices.
+    dtype="auto": platform.resolve_dtype (the checkpoint's torch_dtype on GPU, fp32 on CPU)."""
     from amd_llama4.quant.fp8 import convert_model_format, parse_quantization_config, resolve_format
 
     device = resolve_device(device)
@@ -180,6 +181,7 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: torch.dtype = torch.
         raise ValueError("block-scaled FP8 with tensor parallelism is not supported yet")
     online = q if pre is None else None
     skeleton = pre if pre is not None else ((q, resolve_format(q)) if q is not None else None)
+    dtype = resolve_dtype(dtype, device, cfg)
     model = build_model(cfg, dtype, device, skeleton, parallel)
     _fill(model, source, device, dtype, online, p, progress)
     if pre is not None:

@@ -28,7 +28,7 @@ APP_OPTIONS: dict[str, Callable[[Any], Any]] = {
 _ENGINE_ARG_TYPES: dict[str, Callable[[Any], Any]] = {
     "model": str, "tensor_parallel_size": int, "max_model_len": int, "max_num_seqs": int,
     "max_num_batched_tokens": int, "dtype": str, "device": str, "kv_cache_dtype": str, "quantization": str,
-    "gpu_memory_utilization": float, "kv_cache_memory_bytes": int,
+    "gpu_memory_utilization": float, "kv_cache_memory_bytes": int, "accelerator_type": str,
 }
 # Ray's own headroom over our admission bound, so our 429 (not Ray's queue) answers overload.
 _ONGOING_HEADROOM = 16

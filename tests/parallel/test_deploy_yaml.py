@@ -35,6 +35,8 @@ def test_deploy_yaml_validates(path):
         args = EngineArgs(**engine_args)  # unknown or ill-typed keys fail here, as in the replica
         gpu = args.tensor_parallel_size > 1 and "cpu" not in path.name
         assert args.device == ("cuda" if gpu else "cpu"), f"{path.name}: args.device {args.device!r}"
+        if gpu:  # the workers' bundles name the same GPU type as the replica
+            assert args.accelerator_type in known_accel, f"{path.name}: args.accelerator_type"
         for dep in app.deployments:
             opts = dep.ray_actor_options.model_dump(exclude_unset=True) if dep.ray_actor_options else {}
             accel = opts.get("accelerator_type")

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from amd_llama4.parallel.devices import local_device_index
-from amd_llama4.parallel.executor import resolve_tp_device, worker_bundles
+from amd_llama4.engine.tp.devices import local_device_index
+from amd_llama4.engine.tp.executor import resolve_tp_device, worker_bundles
 
 
 @pytest.mark.parametrize("env,gpu_id,want", [
@@ -91,13 +91,13 @@ def test_ranks_get_distinct_gpus(fake_gpu_ray, convention):
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from amd_llama4.parallel.executor import _WORKER_ENV
+    from amd_llama4.engine.tp.executor import _WORKER_ENV
 
     class Probe:  # defined here: Ray pickles a local class by value (the test module is not importable there)
         def where(self, rocm: bool):
             import ray
 
-            from amd_llama4.parallel.devices import local_device_index
+            from amd_llama4.engine.tp.devices import local_device_index
 
             ids = ray.get_gpu_ids()
             return [str(i) for i in ids], local_device_index(ids, rocm=rocm), os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from amd_llama4.parallel.executor import free_port
+from amd_llama4.engine.tp.executor import free_port
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from amd_llama4.parallel.executor import free_port
+from amd_llama4.engine.tp.executor import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -100,7 +100,7 @@ def test_workers_return_sampled_ids_not_logits(ray_cluster, checkpoint, monkeypa
                              logprobs=3),
               SamplingParams(temperature=1.0, repetition_penalty=1.2, min_p=0.05, seed=3, max_tokens=12,
                              ignore_eos=True)]
-    from amd_llama4.parallel.executor import resolve_tp_device
+    from amd_llama4.engine.tp.executor import resolve_tp_device
 
     assert resolve_tp_device("auto", 2).type == "cpu"  # this Ray has no GPUs: CPU workers
     want = LLM(folder).generate(prompts, params)

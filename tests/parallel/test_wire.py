@@ -9,7 +9,7 @@ from amd_llama4 import Llama4Config, SamplingParams
 from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.engine.sampler import SamplingState
 from amd_llama4.engine.scheduler import Scheduler, Sequence
-from amd_llama4.parallel.wire import StepEncoder, StepMirror
+from amd_llama4.engine.tp.wire import StepEncoder, StepMirror
 
 CFG = Llama4Config(vocab_size=97, hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                    intermediate_size=32, intermediate_size_mlp=64, num_hidden_layers=4, num_local_experts=4,

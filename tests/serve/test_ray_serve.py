@@ -10,7 +10,7 @@ import tempfile
 import pytest
 from serve_utils import hard_timeout, need
 
-from amd_llama4.parallel.executor import free_port
+from amd_llama4.engine.tp.executor import free_port
 from fake_engine import expected_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))

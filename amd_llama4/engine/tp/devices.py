@@ -41,7 +41,7 @@ def local_device_index(gpu_ids: Sequence[str | int], env: Mapping[str, str] | No
     env = os.environ if env is None else env
     if len(gpu_ids) != 1:
         raise RuntimeError(f"tensor-parallel worker: Ray assigned GPUs {list(gpu_ids)}, expected exactly one; "
-                           "each worker actor must request num_gpus=1 (parallel/executor.py)")
+                           "each worker actor must request num_gpus=1 (engine/tp/executor.py)")
     gid = str(gpu_ids[0]).strip()
     mask = visible_mask(env, rocm)
     if mask is None:

@@ -1,6 +1,6 @@
 """One tensor/expert-parallel rank: its weight slices, its KV-head slice of the paged cache and a
 ModelRunner. Run as a Ray actor (executor.py). Every rank executes every step from the same
-StepMessage (parallel/wire.py); rank 0 samples on its device and returns only SampleResults."""
+StepMessage (engine/tp/wire.py); rank 0 samples on its device and returns only SampleResults."""
 from __future__ import annotations
 
 import datetime
@@ -17,13 +17,13 @@ class Worker:
         from amd_llama4.engine.sampler import Sampler
         from amd_llama4.model.loader import load_model
         from amd_llama4.parallel.tp import Parallel
-        from amd_llama4.parallel.wire import StepMirror
+        from amd_llama4.engine.tp.wire import StepMirror
         from amd_llama4.platform import parse_dtype
 
         args = self.args = EngineArgs(**engine_args)
         gpu = args.device != "cpu"  # RayExecutor resolved it: "cuda" or "cpu"
         if gpu:
-            from amd_llama4.parallel.devices import bind_rank_device
+            from amd_llama4.engine.tp.devices import bind_rank_device
 
             self.device = bind_rank_device()
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from amd_llama4.parallel.worker import Worker
+from amd_llama4.engine.tp.worker import Worker
 
 # ROCm: let us, not Ray, own HIP_VISIBLE_DEVICES, or device ordinals and RCCL peers disagree
 # (../shared/rocm-notes.md); CUDA_VISIBLE_DEVICES set by Ray is then the only mask.
@@ -32,7 +32,7 @@ def resolve_tp_device(device, world: int):
     """'auto' for tensor-parallel workers: the GPU when torch here sees one or when the Ray cluster
     has GPUs (a Serve replica holds none itself: num_gpus 0, so its own torch may see none), else
     the CPU. Any other spec as platform.resolve_device reads it, without an index: each rank binds
-    the GPU Ray gives it (parallel/devices.py)."""
+    the GPU Ray gives it (engine/tp/devices.py)."""
     import torch
 
     from amd_llama4.platform import resolve_device
