@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from amd_llama4.platform import FP8_FORMATS
+
 
 @dataclass
 class RopeScaling:
@@ -203,7 +205,7 @@ def preset(name: str, **overrides: Any) -> Llama4Config:
     return Llama4Config(**{**PRESETS[name], **overrides})
 
 
-FP8_FORMATS = ("e4m3fn", "e4m3fnuz")
+FP8_FORMAT_NAMES = tuple(FP8_FORMATS)
 
 
 @dataclass
@@ -228,8 +230,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.method not in (None, "fp8"):
             raise ValueError(f"QuantConfig.method: {self.method!r} unsupported (None or 'fp8')")
-        if self.fp8_format not in (None, *FP8_FORMATS):
-            raise ValueError(f"QuantConfig.fp8_format: {self.fp8_format!r} not in {FP8_FORMATS}")
+        if self.fp8_format not in (None, *FP8_FORMAT_NAMES):
+            raise ValueError(f"QuantConfig.fp8_format: {self.fp8_format!r} not in {FP8_FORMAT_NAMES}")
         if self.kv_cache_dtype not in ("auto", "fp8"):
             raise ValueError(f"QuantConfig.kv_cache_dtype: {self.kv_cache_dtype!r} not in ('auto', 'fp8')")
         if self.weight_block is not None:

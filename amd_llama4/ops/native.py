@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from amd_llama4.platform import FP8_FORMATS
+
 # Why _C is absent (None when loaded); read by ops/dispatch.py, which warns once and `amd-llama4 info`.
 IMPORT_ERROR: str | None = None
 DISABLED = os.environ.get("AMD_LLAMA4_NO_NATIVE") == "1"
@@ -38,7 +40,7 @@ def build_info() -> dict:
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float8_e4m3fn: 3,
                 torch.float8_e4m3fnuz: 4, torch.int32: 5, torch.int64: 6, torch.uint8: 7}
 _ACT_DTYPES = (torch.float32, torch.bfloat16)
-_FP8 = {"e4m3fn": torch.float8_e4m3fn, "e4m3fnuz": torch.float8_e4m3fnuz}
+_FP8 = {name: f.dtype for name, f in FP8_FORMATS.items()}
 _GPU = _C is not None and build_info()["backend"] in ("rocm", "cuda")
 
 

@@ -13,8 +13,9 @@ import torch
 
 from amd_llama4.ops.attention import attention
 from amd_llama4.ops.dispatch import dispatched, register
+from amd_llama4.platform import FP8_DTYPES
 
-_FP8_KV = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+_FP8_KV = FP8_DTYPES
 
 
 def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, first_pos, q_pos, k_scale, v_scale) -> None:

@@ -7,7 +7,7 @@ import triton
 
 from amd_llama4.ops.paged_attention import check_paged_inputs
 from amd_llama4.ops.triton import device
-from amd_llama4.ops.triton.common import FLOAT_DTYPES, check, dot_in_f32, launch_options, next_pow2
+from amd_llama4.ops.triton.common import FLOAT_DTYPES, FP8_DTYPES, check, dot_in_f32, launch_options, next_pow2
 from amd_llama4.ops.triton.configs import TileConfig, default_config
 from amd_llama4.ops.triton.kernels import attention as ka, paged as kp
 
@@ -66,7 +66,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, first_po
     page, Hkv = k_cache.shape[1], k_cache.shape[2]
     check(D >= 16 and D & (D - 1) == 0, op, f"head dim {D} must be a power of two >= 16")
     check(k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, op, "the caches' head dim must be contiguous")
-    fp8 = k_cache.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+    fp8 = k_cache.dtype in FP8_DTYPES
     check(fp8 or k_cache.dtype == q.dtype, op, f"cache dtype {k_cache.dtype} must be q's ({q.dtype}) or fp8")
     cfg = config or default_config("paged_decode", device.arch())
     q = _last_contig(q)
