@@ -32,7 +32,7 @@ def fp8_type(arch: str) -> str:
 
 def variants(arch: str) -> list[Variant]:
     """Representative variants for `arch` (needs a process where triton compiles, see kernels/__init__)."""
-    from amd_llama4.ops.triton.kernels import attention, gemm, moe, paged, quant, routing
+    from amd_llama4.ops.triton.kernels import align, attention, gemm, moe, paged, quant, routing
 
     moe_gemm_kernel, quant_fp8_rows_kernel = moe.moe_gemm_kernel, quant.quant_fp8_rows_kernel
     top1_sigmoid_kernel, fp8_gemm_kernel = routing.top1_sigmoid_kernel, gemm.fp8_gemm_kernel
@@ -48,7 +48,7 @@ def variants(arch: str) -> list[Variant]:
             out.append(Variant(name, moe_gemm_kernel, dict(
                 a_ptr=a_t, b_ptr=a_t, c_ptr="*bf16:16", a_scale_ptr="*fp32:16", b_scale_ptr="*fp32:16",
                 topk_w_ptr="*fp32:16", sorted_ids_ptr="*i32:16", expert_ids_ptr="*i32:16", num_rows="i32",
-                N="i32:16", K="i32:16", a_row_div=1 if not gated else "i32", num_padded="i32:16",
+                N="i32:16", K="i32:16", a_row_div=1 if not gated else "i32", max_padded="i32:16", total_ptr="*i32:16",
                 stride_am="i32:16", stride_ak=1, stride_be="i32:16", stride_bk="i32:16", stride_bn=1,
                 stride_cm="i32:16", stride_cn=1, stride_bse="i32:16", stride_bsn=1,
                 GATED=gated, MUL_WEIGHT=gated, USE_FP8=fp8, DOT_F32=False),
@@ -57,6 +57,9 @@ def variants(arch: str) -> list[Variant]:
     out.append(Variant("quant_fp8_rows", quant_fp8_rows_kernel, dict(
         x_ptr="*bf16:16", q_ptr=f"*{f8}:16", s_ptr="*fp32:16", N="i32:16", stride_xm="i32:16", stride_qm="i32:16",
         FMAX=fmt.max, EMIN=fmt.emin_biased, BLOCK=1024)))
+    out.append(Variant("moe_align[E128]", align.moe_align_kernel, dict(
+        ids_ptr="*i32:16", sorted_ptr="*i32:16", expert_ids_ptr="*i32:16", total_ptr="*i32:16", n="i32", E="i32",
+        BLOCK=64, BLOCK_N=64, BLOCK_E=128)))
     out.append(Variant("top1_sigmoid", top1_sigmoid_kernel, dict(
         logits_ptr="*bf16:16", w_ptr="*fp32:16", ids_ptr="*i32:16", T="i32", E="i32:16", stride_t="i32:16",
         BLOCK_T=16, BLOCK_E=128)))
