@@ -1,61 +1,16 @@
-"""Paged KV cache with chunk-bounded memory for Llama 4's chunked-local layers.
-
-Two kinds of layers, two block pools:
-  global  (NoPE, full causal): a sequence keeps every block, its table grows with the context;
-  chunked (RoPE, chunk-local): a sequence keeps only the blocks of its current attention chunk.
-Slots of a chunked table are relative to the chunk start, so a chunk needs ceil(chunk / block)
-blocks; the scheduler never lets one step span two chunks, so old-chunk blocks are released
-before the first token of a new chunk is computed (its queries cannot see the old chunk).
-"""
+"""Paged KV cache tensors with chunk-bounded memory for Llama 4's chunked-local layers: a
+BlockManager (block tables, pools, see block_manager.py) plus the K/V storage of each pool and the
+fp8 scales. Tensor side only: how blocks are handed out is block_manager's."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
 from amd_llama4.config import Llama4Config
+from amd_llama4.engine.block_manager import BlockManager, SeqBlocks
 
-KINDS = ("global", "chunked")
-
-
-def layer_kinds(cfg: Llama4Config) -> list[str]:
-    """The pool each layer's K/V lives in: 'chunked' for chunk-local RoPE layers, else 'global'."""
-    return ["chunked" if (cfg.uses_rope(i) and cfg.attention_chunk_size) else "global"
-            for i in range(cfg.num_hidden_layers)]
-
-
-class BlockAllocator:
-    """A free list of block ids; LIFO reuse keeps recently freed blocks warm."""
-
-    def __init__(self, num_blocks: int):
-        self.num_blocks = num_blocks
-        self._free = list(range(num_blocks - 1, -1, -1))
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise MemoryError(f"KV cache: need {n} blocks, {len(self._free)} free")
-        out = self._free[len(self._free) - n:][::-1]
-        del self._free[len(self._free) - n:]
-        return out
-
-    def free(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
-
-
-@dataclass
-class SeqBlocks:
-    """One sequence's block tables. chunk_start: absolute position of slot 0 of the chunked table."""
-
-    tables: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
-    chunk_start: int = 0
-
-
-class KVCache:
-    """Cache tensors per layer kind, [layers_of_kind, num_blocks * block_size, Hkv, D], plus allocators.
+class KVCache(BlockManager):
+    """Cache tensors per layer kind, [layers_of_kind, num_blocks * block_size, Hkv, D], on top of the
+    block bookkeeping (block_manager.BlockManager).
 
     kv_cache_dtype "fp8" stores float8 plus fp32 scales. A layer whose checkpoint carries
     `self_attn.k_scale` / `v_scale` (per tensor or per KV head) uses those static scales, saturating
@@ -71,19 +26,9 @@ class KVCache:
         an int gives every pool that many. kv_heads: (first, count) of the KV heads this
         tensor-parallel rank holds (default: all). allocate=False: block bookkeeping only (the
         driver of tensor-parallel workers)."""
-        self.cfg, self.block_size, self.dtype = cfg, block_size, dtype
-        self.chunk = cfg.attention_chunk_size
-        layer_kind = layer_kinds(cfg)
-        self.kind_of_layer = layer_kind
-        self.index_in_kind = [layer_kind[:i].count(layer_kind[i]) for i in range(len(layer_kind))]
-        counts = {k: layer_kind.count(k) for k in KINDS}
-        self.kinds = [k for k in KINDS if counts[k]]
-        blocks = num_blocks if isinstance(num_blocks, dict) else dict.fromkeys(self.kinds, num_blocks)
-        missing = [k for k in self.kinds if blocks.get(k, 0) < 1]
-        if missing:
-            raise ValueError(f"KVCache num_blocks {num_blocks!r}: pool(s) {missing} need >= 1 block "
-                             f"(this model has {counts} layers per pool)")
-        self.num_blocks = {k: int(blocks[k]) for k in self.kinds}
+        super().__init__(cfg, num_blocks, block_size)
+        self.dtype = dtype
+        counts = self.layer_counts
         self.fp8 = kv_cache_dtype == "fp8"
         if kv_cache_dtype not in ("auto", "fp8"):
             raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} not in ('auto', 'fp8')")
@@ -111,62 +56,8 @@ class KVCache:
         # fp8 per-token scales [layers_of_kind, slots, K|V, kv head] for the layers without static ones
         sshape = lambda k: (counts[k] if allocate and self.fp8 else 0, slots[k], 2, nh)  # noqa: E731
         self.token_scales = {k: torch.zeros(sshape(k), dtype=torch.float32, device=device) for k in self.kinds}
-        self.allocators = {k: BlockAllocator(self.num_blocks[k]) for k in self.kinds}
-
-    # -- block bookkeeping (scheduler side) ---------------------------------------------------
-    def blocks_needed(self, seq: SeqBlocks, start: int, end: int) -> dict[str, int]:
-        """Blocks to add so positions [start, end) have slots; chunked counts assume the release
-        of old-chunk blocks that `reserve` does first."""
-        need = {}
-        for kind in self.kinds:
-            if kind == "chunked":
-                cs = start // self.chunk * self.chunk
-                have = len(seq.tables[kind]) if cs == seq.chunk_start else 0
-                need[kind] = max(0, -(-(end - cs) // self.block_size) - have)
-            else:
-                need[kind] = max(0, -(-end // self.block_size) - len(seq.tables[kind]))
-        return need
-
-    def can_reserve(self, seq: SeqBlocks, start: int, end: int) -> bool:
-        need = self.blocks_needed(seq, start, end)
-        freed = len(seq.tables.get("chunked", [])) if ("chunked" in self.kinds and
-                                                      start // self.chunk * self.chunk != seq.chunk_start) else 0
-        return all(need[k] <= self.allocators[k].num_free + (freed if k == "chunked" else 0) for k in self.kinds)
-
-    def reserve(self, seq: SeqBlocks, start: int, end: int) -> None:
-        """Make positions [start, end) (all in one attention chunk) writable."""
-        if "chunked" in self.kinds:
-            cs = start // self.chunk * self.chunk
-            if (end - 1) // self.chunk * self.chunk != cs:
-                raise ValueError(f"KV reserve: positions [{start}, {end}) span two attention chunks")
-            if cs != seq.chunk_start:  # crossed into a new chunk: the old one is never read again
-                self.allocators["chunked"].free(seq.tables["chunked"])
-                seq.tables["chunked"], seq.chunk_start = [], cs
-        need = self.blocks_needed(seq, start, end)
-        for kind in self.kinds:
-            seq.tables[kind] += self.allocators[kind].allocate(need[kind])
-
-    def release(self, seq: SeqBlocks) -> None:
-        for kind in self.kinds:
-            self.allocators[kind].free(seq.tables[kind])
-            seq.tables[kind] = []
-        seq.chunk_start = 0
-
-    def usage(self) -> dict:
-        total = sum(a.num_blocks for a in self.allocators.values())
-        used = sum(a.num_blocks - a.num_free for a in self.allocators.values())
-        return {"kv_blocks_used": used, "kv_blocks_total": total, "kv_usage": used / max(total, 1)}
 
     # -- slot maps (runner side) ----------------------------------------------------------------
-    def slots(self, seq: SeqBlocks, kind: str, positions: range) -> list[int]:
-        base = seq.chunk_start if kind == "chunked" else 0
-        table, bs = seq.tables[kind], self.block_size
-        return [table[(p - base) // bs] * bs + (p - base) % bs for p in positions]
-
-    def visible_range(self, seq: SeqBlocks, kind: str, end: int) -> range:
-        """Positions a query at end-1 (and earlier queries of this step) may read from this kind's cache."""
-        return range(seq.chunk_start if kind == "chunked" else 0, end)
-
     def read_maps(self, seqs: list[SeqBlocks], kind: str, ends: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(slots [B, L], positions [B, L], -1 = empty) of every key a query at ends[b] - 1 of
         seqs[b] may read: `slots` over `visible_range`, on tensors, since a decode step reads the

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from amd_llama4.config import Llama4Config
-from amd_llama4.engine.kv_cache import KINDS, layer_kinds
+from amd_llama4.engine.block_manager import KINDS, layer_kinds
 
 log = logging.getLogger("amd_llama4")
 

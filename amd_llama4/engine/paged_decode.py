@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from amd_llama4 import ops
-from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.kv_cache import KVCache
 
 
 @dataclass

@@ -13,7 +13,8 @@ import torch
 
 from amd_llama4 import ops
 from amd_llama4.engine.graphs import DecodeGraphs, GraphBackend, TorchCudaGraphs, batch_buckets
-from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.engine.paged_decode import DecodeInputs, PagedDecodeCache, build_decode_inputs, \
     paged_decode_supported
 

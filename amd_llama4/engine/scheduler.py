@@ -12,7 +12,8 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.kv_cache import KVCache
 
 _arrival = itertools.count()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.engine.runner import ModelRunner, StepItem
 
 

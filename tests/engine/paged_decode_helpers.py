@@ -1,7 +1,8 @@
 """Shared by the paged-decode and graph tests (imported by module name, like tests/ops/triton_env)."""
 import torch
 
-from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.engine.runner import StepItem
 
 

@@ -186,7 +186,8 @@ def test_read_maps_follow_the_slot_rule():
     visible_range for each sequence, -1 positions past each one's context; chunked tables start
     at the chunk."""
     from amd_llama4.config import preset
-    from amd_llama4.engine.kv_cache import KVCache, SeqBlocks
+    from amd_llama4.engine.block_manager import SeqBlocks
+    from amd_llama4.engine.kv_cache import KVCache
 
     cfg = preset("tiny-scout")  # chunk 32
     cache = KVCache(cfg, num_blocks=64, block_size=4, dtype=torch.float32, device="cpu", allocate=False)

@@ -5,7 +5,7 @@ import torch
 
 from amd_llama4.config import preset
 from amd_llama4.engine.graphs import DecodeGraphs
-from amd_llama4.engine.kv_cache import SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
 from amd_llama4.engine.runner import ModelRunner, StepItem
 from amd_llama4.model.llama4 import Llama4ForCausalLM
 

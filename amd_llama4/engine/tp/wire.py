@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from amd_llama4.engine.kv_cache import SeqBlocks
+from amd_llama4.engine.block_manager import SeqBlocks
 from amd_llama4.engine.runner import StepItem
 from amd_llama4.engine.sampler import SamplingState
 from amd_llama4.engine.sampling_params import SamplingParams
