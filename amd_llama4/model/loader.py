@@ -5,12 +5,16 @@ will be fp8), then filled tensor by tensor: each tensor is read on the host, mov
 cast or quantised there, and dropped. Peak device memory is the final model plus one tensor in
 flight (never a full-precision copy of the model). On device="meta" nothing is read: every name,
 shape and dtype is checked against the safetensors headers only.
-Every model parameter must come from the checkpoint with the right shape, and every text tensor in
-the checkpoint must be used (layouts.py says which layouts are read): anything else is an error
-naming the tensor and the file.
+Every model parameter must come from the checkpoint with the right shape, and every tensor in the
+checkpoint must be used (layouts.py says which layouts are read): anything else is an error naming
+the tensor and the file. A checkpoint whose config has a vision_config and whose tensors hold the
+vision tower loads as Llama4ForConditionalGeneration (the tower replicated on every tensor-parallel
+rank, never FP8); any other as Llama4ForCausalLM, vision tensors unused.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 
 import torch
@@ -18,22 +22,29 @@ import torch
 from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, is_preset, preset
 from amd_llama4.model.layouts import CheckpointSource
 from amd_llama4.model.llama4 import Llama4ForCausalLM
+from amd_llama4.model.multimodal import VISION_PREFIXES, Llama4ForConditionalGeneration, is_vision_param
 from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError, shard_bar
 from amd_llama4.parallel.tp import SINGLE, Parallel, shard_fn
 from amd_llama4.platform import FP8_DTYPES, resolve_device, resolve_dtype
 
+_log = logging.getLogger("amd_llama4")
+
 
 def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                 fp8: tuple[QuantConfig, str] | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
-    """An uninitialised model on `device` (built on the meta device: no wasted init). With `fp8`
-    (QuantConfig, format): FP8 modules in place of the linears and experts it quantises."""
+    """An uninitialised model on `device` (built on the meta device: no wasted init): multimodal when
+    cfg.vision_config is set. With `fp8` (QuantConfig, format): FP8 modules in place of the linears and
+    experts it quantises (never the vision tower's)."""
     with torch.device("meta"):
-        model = Llama4ForCausalLM(cfg, parallel)
+        model = (Llama4ForConditionalGeneration if cfg.is_multimodal else Llama4ForCausalLM)(cfg, parallel)
     model = model.to(dtype)
     if fp8 is not None:
         from amd_llama4.quant.fp8 import fp8_skeleton
 
-        fp8_skeleton(model, fp8[0], fp8[1])
+        q = fp8[0]
+        if cfg.is_multimodal:  # the tower stays in high precision, as in peers and Meta's FP8 release
+            q = dataclasses.replace(q, ignore=[*q.ignore, *(p.rstrip(".") for p in VISION_PREFIXES)])
+        fp8_skeleton(model, q, fp8[1])
     return model.to_empty(device=device).eval()
 
 
@@ -106,19 +117,26 @@ def _fill(model: Llama4ForCausalLM, source, device: torch.device, dtype: torch.d
                 if kind is not None and leaf.endswith("_scale"):
                     continue  # written with its weight below
                 p = params[n]
-                t = source.load(n, shapes[n], shard_fn(n, cfg, par))
+                t = source.load(n, shapes[n], None if is_vision_param(n) else shard_fn(n, cfg, par))
                 if kind is not None:  # full precision in, fp8 + scale out, on the device
-                    w = t.to(device=device, dtype=dtype)
                     m = model.get_submodule(mod)
-                    gran = "col" if kind == "experts" else ("block" if m.block else "row")
-                    wq, ws = ops.quantize_fp8(w, m.fmt, gran, None if kind == "experts" else m.block)
-                    del w
                     ps = params[n + "_scale" if kind == "experts" else mod + ".weight_scale"]
-                    if wq.shape != p.shape or ws.shape != ps.shape:
-                        raise CheckpointError(f"{label}: {n!r} quantised to {list(wq.shape)} / scale "
-                                              f"{list(ws.shape)}, rank expects {list(p.shape)} / {list(ps.shape)}")
-                    p.copy_(wq)
-                    ps.copy_(ws)
+                    gran = "col" if kind == "experts" else ("block" if m.block else "row")
+                    if kind == "experts" and t.shape[0] != p.shape[0]:
+                        raise CheckpointError(f"{label}: {n!r} has {t.shape[0]} experts, rank expects {p.shape[0]}")
+                    # experts one at a time: in flight is one expert in full precision and the
+                    # quantiser's temporaries, never the whole [E, H, 2I] tensor
+                    pieces = ([(p[e], ps[e], t[e]) for e in range(p.shape[0])] if kind == "experts"
+                              else [(p, ps, t)])
+                    for dst, dst_scale, src in pieces:
+                        wq, ws = ops.quantize_fp8(src.to(device=device, dtype=dtype), m.fmt, gran,
+                                                  None if kind == "experts" else m.block)
+                        if wq.shape != dst.shape or ws.shape != dst_scale.shape:
+                            raise CheckpointError(f"{label}: {n!r} quantised to {list(wq.shape)} / scale "
+                                                  f"{list(ws.shape)}, rank expects {list(dst.shape)} / "
+                                                  f"{list(dst_scale.shape)}")
+                        dst.copy_(wq)
+                        dst_scale.copy_(ws)
                     continue
                 if tuple(t.shape) != tuple(p.shape):
                     raise CheckpointError(f"{label}: slice of {n!r} is {list(t.shape)}, rank expects {list(p.shape)}")
@@ -142,8 +160,9 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
     tensor-parallel rank reads only its slices (lazily, per tensor)."""
     device = next(model.parameters()).device
     dtype = next(p for p in model.parameters() if p.dtype not in FP8_DTYPES).dtype
-    return _fill(model, CheckpointSource(Checkpoint(folder), meta=device.type == "meta"), device, dtype, None,
-                 folder, progress)
+    source = CheckpointSource(Checkpoint(folder), meta=device.type == "meta",
+                              text_only=not isinstance(model, Llama4ForConditionalGeneration))
+    return _fill(model, source, device, dtype, None, folder, progress)
 
 
 def _quant_arg(quantization: str | QuantConfig | None) -> QuantConfig | None:
@@ -176,7 +195,12 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
     else:
         cfg = Llama4Config.from_pretrained(p)
         pre = parse_quantization_config(cfg.quantization_config)
-        source = CheckpointSource(Checkpoint(p), meta=device.type == "meta")
+        ckpt = Checkpoint(p)
+        if cfg.is_multimodal and not CheckpointSource(ckpt).has_vision():
+            _log.info("%s: config.json has a vision_config but the checkpoint no vision tower "
+                      "(no 'vision_model.patch_embedding.linear.weight'): loading the text model only", p)
+            cfg = dataclasses.replace(cfg, vision_config=None)
+        source = CheckpointSource(ckpt, meta=device.type == "meta", text_only=not cfg.is_multimodal)
     if parallel.enabled and ((pre and pre[0].weight_block) or (q and q.weight_block)):
         raise ValueError("block-scaled FP8 with tensor parallelism is not supported yet")
     online = q if pre is None else None

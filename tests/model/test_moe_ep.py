@@ -12,6 +12,7 @@ def _moe(cfg, par, seed=0):
     return m.model.layers[cfg.moe_layers[0]].feed_forward
 
 
+@torch.no_grad()
 def test_masked_local_experts_equal_exact_pairs_and_sum_to_full():
     cfg = preset("tiny-scout", num_experts_per_tok=2)
     full = _moe(cfg, Parallel())
@@ -24,9 +25,8 @@ def test_masked_local_experts_equal_exact_pairs_and_sum_to_full():
     for rank in range(2):
         moe = _moe(cfg, Parallel(rank, 2, expert_parallel=True))
         lo, hi = moe.expert_range
-        with torch.no_grad():  # this rank's slice of the full experts
-            moe.experts.gate_up_proj.copy_(full.experts.gate_up_proj[lo:hi])
-            moe.experts.down_proj.copy_(full.experts.down_proj[lo:hi])
+        moe.experts.gate_up_proj.copy_(full.experts.gate_up_proj[lo:hi])  # this rank's slice
+        moe.experts.down_proj.copy_(full.experts.down_proj[lo:hi])
         masked = moe._masked_local_experts(x, weights, ids)
         exact = torch.zeros_like(want).index_add_(0, *moe._local_experts(x, weights, ids))
         torch.testing.assert_close(masked, exact, rtol=1e-5, atol=1e-6)
