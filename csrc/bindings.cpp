@@ -239,6 +239,58 @@ void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vec
   al4::cpu::linear(x, ws, biases, out);
 }
 
+// CPU only (GPUs run the Triton kernels). Contract: amd_llama4/ops/paged_attention.py `paged_attention`.
+void paged_attention(const TensorRef& q, const TensorRef& k_cache, const TensorRef& v_cache,
+                     const TensorRef& block_tables, const TensorRef& cu_seqlens_q, const TensorRef& seq_lens,
+                     const TensorRef& first_pos, const TensorRef& q_pos, double scale, int64_t chunk_size,
+                     const TensorRef* k_scale, const TensorRef* v_scale, const TensorRef& out) {
+  const char* op = "paged_attention";
+  al4::check_dim(q, 3, op);
+  al4::check_dtype(q, {al4::kF32, al4::kBF16}, op);
+  const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
+  al4::check_dim(k_cache, 4, op);
+  al4::check(k_cache.shape == v_cache.shape && k_cache.size(3) == D,
+             "paged_attention: k_cache and v_cache must both be [num_blocks, block_size, Hkv, D=" + std::to_string(D) +
+                 "], got " + al4::shape_str(k_cache) + " and " + al4::shape_str(v_cache));
+  const int64_t Hkv = k_cache.size(2);
+  al4::check(Hkv > 0 && Hq % Hkv == 0, "paged_attention: q's Hq=" + std::to_string(Hq) +
+                                           " is not a multiple of the caches' Hkv=" + std::to_string(Hkv));
+  const bool fp8 = k_cache.dtype == al4::kF8E4M3FN || k_cache.dtype == al4::kF8E4M3FNUZ;
+  al4::check(k_cache.dtype == v_cache.dtype && (fp8 || k_cache.dtype == q.dtype),
+             std::string("paged_attention: k_cache/v_cache must both have q's dtype or one fp8 dtype, got ") +
+                 al4::dtype_name(k_cache.dtype) + " and " + al4::dtype_name(v_cache.dtype));
+  al4::check_dim(block_tables, 2, op);
+  const int64_t B = block_tables.size(0);
+  al4::check_shape(cu_seqlens_q, {B + 1}, op);
+  al4::check_shape(seq_lens, {B}, op);
+  al4::check_shape(first_pos, {B}, op);
+  al4::check_shape(q_pos, {T}, op);
+  al4::check_shape(out, q.shape, op);
+  al4::check(out.dtype == q.dtype, "paged_attention: out must have q's dtype");
+  for (const TensorRef* t : {&block_tables, &cu_seqlens_q, &seq_lens, &first_pos, &q_pos})
+    al4::check_dtype(*t, {al4::kI32}, op);
+  contiguous({&cu_seqlens_q, &seq_lens, &first_pos, &q_pos, &out}, op);
+  for (const TensorRef* t : {&q, &k_cache, &v_cache, &block_tables})
+    al4::check(t->strides.back() == 1 || t->shape.back() == 1,
+               "paged_attention: " + t->name + "'s last dim must be contiguous");
+  al4::check(!fp8 || (k_scale && v_scale), "paged_attention: an fp8 KV cache needs k_scale and v_scale");
+  for (const TensorRef* s : {k_scale, v_scale}) {
+    if (!s) continue;
+    al4::check_dtype(*s, {al4::kF32}, op);
+    const bool ok = s->numel() == 1 || s->shape == std::vector<int64_t>{Hkv} ||
+                    (s->dim() == 3 && s->shape == std::vector<int64_t>(k_cache.shape.begin(), k_cache.shape.end() - 1));
+    al4::check(ok, "paged_attention: " + s->name + " must be a scalar, [Hkv] or [num_blocks, block_size, Hkv], " +
+                       "got " + al4::shape_str(*s));
+  }
+  for (const TensorRef* t : {&q, &k_cache, &v_cache, &block_tables, &cu_seqlens_q, &seq_lens, &first_pos, &q_pos,
+                             k_scale, v_scale, &out}) {
+    if (!t) continue;
+    al4::check(t->device == 0, "paged_attention: " + t->name + " is a GPU tensor; the native kernel is CPU only");
+  }
+  al4::cpu::paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, first_pos, q_pos, scale,
+                            chunk_size, fp8 ? k_scale : nullptr, fp8 ? v_scale : nullptr, out);
+}
+
 py::dict build_info() {
   py::dict d;
   d["backend"] = AL4_BACKEND;
@@ -256,7 +308,8 @@ py::dict build_info() {
   d["compiler"] = std::string("gcc ") + __VERSION__;
 #endif
   d["ops"] = std::vector<std::string>{"silu_and_mul", "rms_norm", "moe_topk_sigmoid", "moe_align_block_size",
-                                      "fused_moe", "quantize_fp8", "dequantize_fp8", "fn_to_fnuz", "linear"};
+                                      "fused_moe", "quantize_fp8", "dequantize_fp8", "fn_to_fnuz", "linear",
+                                      "paged_attention"};
   return d;
 }
 
@@ -296,6 +349,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("I"), py::arg("E"));
 #endif
   m.def("linear", &linear, py::arg("x"), py::arg("weights"), py::arg("biases"), py::arg("out"), nogil);
+  m.def("paged_attention", &paged_attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("block_tables"), py::arg("cu_seqlens_q"), py::arg("seq_lens"), py::arg("first_pos"), py::arg("q_pos"),
+        py::arg("scale"), py::arg("chunk_size"), py::arg("k_scale").none(true), py::arg("v_scale").none(true),
+        py::arg("out"), nogil);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK
   al4::ck_backend::register_ops(m);  // ck_fused_moe*: chosen over fused_moe in amd_llama4/ops/native.py

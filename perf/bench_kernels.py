@@ -34,7 +34,8 @@ from amd_llama4.config import Llama4Config, preset
 from amd_llama4.tools import bench
 
 SCHEMA = "amd-llama4/bench_kernels/v1"
-ALL_OPS = ("rms_norm", "silu_and_mul", "apply_rope", "attention", "paged_attention_decode", "moe_topk_sigmoid",
+ALL_OPS = ("rms_norm", "silu_and_mul", "apply_rope", "attention", "paged_attention_decode", "paged_attention",
+           "moe_topk_sigmoid",
            "moe_align_block_size", "fused_moe", "fused_moe_fp8", "quantize_fp8", "gemm_bf16", "fp8_gemm")
 VENDOR_ONLY = {"gemm_bf16"}  # ops that exist only as vendor baselines here
 # Op modules that register themselves on import and are not (yet) imported by amd_llama4.ops.
@@ -273,6 +274,43 @@ def cases_paged_attention_decode(cfg, tp, T, dev, dt, gen):
                    kv_bytes + 2 * q.numel() * _es(dt) + tables.numel() * 4)
 
 
+def cases_paged_attention(cfg, tp, T, dev, dt, gen):
+    """A ragged step of T tokens: a prefill piece of T - d tokens of one sequence after 2 * DECODE_CONTEXT
+    cached keys, plus d = min(T // 2, MAX_DECODE_BATCH) decodes of DECODE_CONTEXT // 8 keys; 16-token
+    blocks scattered over the cache; bf16 KV and fp8 KV (per-token scales, the engine's layout)."""
+    d = _dims(cfg, tp)
+    Hq, Hkv, D, bs = d["Hq"], d["Hkv"], d["D"], 16
+    dec = min(T // 2, MAX_DECODE_BATCH)
+    piece, long_ctx, short = T - dec, 2 * DECODE_CONTEXT, DECODE_CONTEXT // 8
+    lens = [long_ctx + piece] + [short] * dec
+    nq = [piece] + [1] * dec
+    need = [-(-n // bs) for n in lens]
+    nblk = sum(need)
+    q = _randn(gen, (T, Hq, D), dev, dt)
+    kc, vc = _randn(gen, (nblk, bs, Hkv, D), dev, dt), _randn(gen, (nblk, bs, Hkv, D), dev, dt)
+    perm = torch.randperm(nblk, generator=gen, device=dev).to(torch.int32)
+    tables = torch.zeros(len(lens), max(need), dtype=torch.int32, device=dev)
+    for b, i in enumerate(torch.tensor([0, *need]).cumsum(0)[:-1].tolist()):
+        tables[b, :need[b]] = perm[i:i + need[b]]
+    i32 = dict(dtype=torch.int32, device=dev)
+    cu = torch.tensor([0, *torch.tensor(nq).cumsum(0).tolist()], **i32)
+    lens_t, first = torch.tensor(lens, **i32), torch.zeros(len(lens), **i32)
+    qpos = torch.cat([torch.arange(n - k, n, **i32) for n, k in zip(lens, nq)])
+    keys = sum(n * k - k * (k - 1) // 2 for n, k in zip(lens, nq))  # visible (query, key) pairs
+    for kv in ("bf16", "fp8"):
+        kw = dict(chunk_size=None)
+        k_, v_ = kc, vc
+        if kv == "fp8":
+            fmt = _fp8_fmt(dev)
+            (k_, ks), (v_, vs) = (ops.quantize_fp8(c.reshape(-1, D), fmt, "row", backend="torch") for c in (kc, vc))
+            k_, v_ = k_.view(kc.shape), v_.view(vc.shape)
+            kw.update(k_scale=ks.view(nblk, bs, Hkv), v_scale=vs.view(nblk, bs, Hkv))
+        kv_bytes = 2 * sum(lens) * Hkv * D * (1 if kv == "fp8" else _es(dt))
+        yield Case("paged_attention", dict(T=T, piece=piece, decodes=dec, Hq=Hq, Hkv=Hkv, D=D, block=bs, kv=kv),
+                   (q, k_, v_, tables, cu, lens_t, first, qpos, 1.0 / math.sqrt(D)), kw, 4.0 * Hq * D * keys,
+                   kv_bytes + 2 * q.numel() * _es(dt) + tables.numel() * 4)
+
+
 def cases_quantize_fp8(cfg, tp, T, dev, dt, gen):
     H = cfg.hidden_size
     x = _randn(gen, (T, H), dev, dt)
@@ -320,6 +358,7 @@ def cases_fp8_gemm(cfg, tp, T, dev, dt, gen):
 BUILDERS: dict[str, Callable[..., Iterator[Case]]] = {
     "rms_norm": cases_rms_norm, "silu_and_mul": cases_silu_and_mul, "apply_rope": cases_apply_rope,
     "attention": cases_attention, "paged_attention_decode": cases_paged_attention_decode,
+    "paged_attention": cases_paged_attention,
     "fused_moe_fp8": cases_fused_moe_fp8, "moe_topk_sigmoid": cases_moe_topk_sigmoid,
     "moe_align_block_size": cases_moe_align_block_size, "fused_moe": cases_fused_moe,
     "quantize_fp8": cases_quantize_fp8, "gemm_bf16": cases_gemm_bf16, "fp8_gemm": cases_fp8_gemm,

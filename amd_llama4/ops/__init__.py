@@ -16,6 +16,9 @@ from amd_llama4.ops.fp8 import FP8_MAX, dequantize_fp8, fn_to_fnuz, quantize_fp8
 __all__ += ["FP8_MAX", "dequantize_fp8", "fn_to_fnuz", "quantize_fp8"]
 from amd_llama4.ops.fp8_gemm import fp8_gemm  # noqa: E402
 from amd_llama4.ops.moe_fp8 import fused_moe_fp8  # noqa: E402
-from amd_llama4.ops.paged_attention import paged_attention_decode  # noqa: E402
+from amd_llama4.ops.paged_attention import paged_attention, paged_attention_decode  # noqa: E402
 
-__all__ += ["fp8_gemm", "fused_moe_fp8", "paged_attention_decode"]
+__all__ += ["fp8_gemm", "fused_moe_fp8", "paged_attention", "paged_attention_decode"]
+from amd_llama4.ops.vision import gelu, layer_norm, vision_attention, vision_rope, vision_rope_freqs  # noqa: E402
+
+__all__ += ["gelu", "layer_norm", "vision_attention", "vision_rope", "vision_rope_freqs"]

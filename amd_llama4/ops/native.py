@@ -247,6 +247,47 @@ def _linear_concat_ok(x, weights, biases=None) -> bool:
             and all(b is None or (b.dtype == x.dtype and b.device.type == "cpu") for b in biases))
 
 
+# ---------------------------------------------------------------- paged attention (CPU)
+
+def _i32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
+
+
+def _kv_scale(s) -> torch.Tensor | None:
+    # None | python scalar | fp32 tensor ([], [1], [Hkv] or per token [num_blocks, block_size, Hkv], any strides)
+    if s is None:
+        return None
+    return s.float() if isinstance(s, torch.Tensor) else torch.tensor(float(s), dtype=torch.float32)
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, first_pos, q_pos, scale,
+                    chunk_size=None, k_scale=None, v_scale=None) -> torch.Tensor:
+    """Native `ops.paged_attention.paged_attention` (CPU): reads K/V in place through the block tables."""
+    from amd_llama4.ops.paged_attention import check_paged_attention_inputs
+
+    check_paged_attention_inputs(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, first_pos, q_pos,
+                                 k_scale, v_scale)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    kc = k_cache if k_cache.stride(-1) == 1 else k_cache.contiguous()
+    vc = v_cache if v_cache.stride(-1) == 1 else v_cache.contiguous()
+    bt = block_tables if block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1 else _i32(block_tables)
+    out = torch.empty(q.shape, dtype=q.dtype)
+    ks, vs = _kv_scale(k_scale), _kv_scale(v_scale)
+    _C.paged_attention(_ref(q, "q"), _ref(kc, "k_cache"), _ref(vc, "v_cache"), _ref(bt, "block_tables"),
+                       _ref(_i32(cu_seqlens_q), "cu_seqlens_q"), _ref(_i32(seq_lens), "seq_lens"),
+                       _ref(_i32(first_pos), "first_pos"), _ref(_i32(q_pos), "q_pos"), float(scale),
+                       int(chunk_size or 0), None if ks is None else _ref(ks, "k_scale"),
+                       None if vs is None else _ref(vs, "v_scale"), _ref(out, "out"))
+    return out
+
+
+def _paged_attention_ok(q, k_cache, v_cache, *args, **kwargs) -> bool:
+    return (q.device.type == "cpu" and k_cache.device.type == "cpu" and q.dtype in _ACT_DTYPES and q.dim() == 3
+            and k_cache.dtype in (q.dtype, *_FP8.values()) and v_cache.dtype == k_cache.dtype
+            and hasattr(_C, "paged_attention"))
+
+
 # ---------------------------------------------------------------- Composable Kernel (AMD_LLAMA4_WITH_CK builds)
 
 _CK = _C is not None and bool(build_info().get("ck")) and hasattr(_C, "ck_fused_moe")
@@ -375,3 +416,4 @@ if _C is not None:
         register("fused_moe", "native", supports=_fused_moe_native_ok)(_fused_moe_native)
     register("fused_moe_fp8", "native", supports=_fused_moe_fp8_ok)(fused_moe_fp8)
     register("quantize_fp8", "native", supports=_quantize_ok)(quantize_fp8)
+    register("paged_attention", "native", supports=_paged_attention_ok)(paged_attention)

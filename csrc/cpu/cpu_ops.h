@@ -45,6 +45,10 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
                const TensorRef& topk_ids, const TensorRef* w1_scale, const TensorRef* w2_scale, const TensorRef& out);
 void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vector<const TensorRef*>& biases,
             const TensorRef& out);
+void paged_attention(const TensorRef& q, const TensorRef& k_cache, const TensorRef& v_cache,
+                     const TensorRef& block_tables, const TensorRef& cu_seqlens_q, const TensorRef& seq_lens,
+                     const TensorRef& first_pos, const TensorRef& q_pos, double scale, int64_t chunk_size,
+                     const TensorRef* k_scale, const TensorRef* v_scale, const TensorRef& out);
 const char* gemm_isa();
 int cpu_isa_level();  // 4: AVX-512 (x86-64-v4), 3: AVX2 (v3), 0: portable; AMD_LLAMA4_CPU_ISA forces lower
 

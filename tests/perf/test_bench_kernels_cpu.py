@@ -29,7 +29,7 @@ def test_quick_run_json(quick_results):
     meta = doc["meta"]
     assert meta["torch"] == torch.__version__ and meta["platform"] == "cpu" and "git_revision" in meta
     assert doc["peaks"]["source"] == "measured" and doc["peaks"]["flops_bf16"] > 1e9
-    all_ops = {"rms_norm", "silu_and_mul", "apply_rope", "attention", "paged_attention_decode", "moe_topk_sigmoid",
+    all_ops = {"rms_norm", "silu_and_mul", "apply_rope", "attention", "paged_attention", "paged_attention_decode", "moe_topk_sigmoid",
                "moe_align_block_size", "fused_moe", "fused_moe_fp8", "quantize_fp8", "gemm_bf16", "fp8_gemm"}
     seen = {r["op"] for r in doc["results"]} | {s["op"] for s in doc["skipped"]}
     assert seen == all_ops  # every op either measured or listed as skipped (not implemented yet)

@@ -33,7 +33,9 @@ def records():
 
 EXPECTED = {"moe_gemm[gate_up,bf16]", "moe_gemm[down,bf16]", "moe_gemm[gate_up,fp8]", "moe_gemm[down,fp8]",
             "quant_fp8_rows", "top1_sigmoid", "fp8_gemm[channel]", "fp8_gemm[block128]", "attn_prefill[chunked]",
-            "attn_prefill[global,temp]", "paged_decode[bf16_kv]", "paged_decode[fp8_kv]", "paged_reduce"}
+            "attn_prefill[global,temp]", "paged_decode[bf16_kv]", "paged_decode[fp8_kv]", "paged_reduce",
+            "paged_prefill[bf16_kv,chunked]", "paged_prefill[bf16_kv]", "paged_prefill[fp8_kv,chunked]",
+            "moe_align[E128]"}
 
 
 @pytest.mark.parametrize("arch", isa.ARCHS)

@@ -13,7 +13,7 @@ from amd_llama4.ops import moe_fp8 as _moe_fp8_ref  # noqa: F401
 from amd_llama4.ops import paged_attention as _paged_ref  # noqa: F401
 from amd_llama4.ops.dispatch import register
 from amd_llama4.ops.triton import device
-from amd_llama4.ops.triton.attention import attention, paged_attention_decode
+from amd_llama4.ops.triton.attention import attention, paged_attention, paged_attention_decode
 from amd_llama4.ops.triton.common import FLOAT_DTYPES, FP8_FORMAT_OF_DTYPE, on_usable_device
 from amd_llama4.ops.triton.gemm import fp8_gemm
 from amd_llama4.ops.triton.moe import fused_moe, fused_moe_fp8, moe_align_block_size, moe_topk_sigmoid
@@ -60,6 +60,7 @@ register("moe_align_block_size", "triton", supports=_align_ok)(moe_align_block_s
 register("fp8_gemm", "triton", supports=_gemm_ok)(fp8_gemm)
 register("attention", "triton", supports=_attn_ok)(attention)
 register("paged_attention_decode", "triton", supports=_paged_ok)(paged_attention_decode)
+register("paged_attention", "triton", supports=_paged_ok)(paged_attention)
 
-__all__ = ["attention", "paged_attention_decode", "fp8_gemm", "fused_moe", "fused_moe_fp8", "moe_align_block_size",
+__all__ = ["attention", "paged_attention", "paged_attention_decode", "fp8_gemm", "fused_moe", "fused_moe_fp8", "moe_align_block_size",
            "moe_topk_sigmoid", "quantize_fp8_rows"]

@@ -32,7 +32,7 @@ def fp8_type(arch: str) -> str:
 
 def variants(arch: str) -> list[Variant]:
     """Representative variants for `arch` (needs a process where triton compiles, see kernels/__init__)."""
-    from amd_llama4.ops.triton.kernels import align, attention, gemm, moe, paged, quant, routing
+    from amd_llama4.ops.triton.kernels import align, attention, gemm, moe, paged, paged_prefill, quant, routing
 
     moe_gemm_kernel, quant_fp8_rows_kernel = moe.moe_gemm_kernel, quant.quant_fp8_rows_kernel
     top1_sigmoid_kernel, fp8_gemm_kernel = routing.top1_sigmoid_kernel, gemm.fp8_gemm_kernel
@@ -87,15 +87,32 @@ def variants(arch: str) -> list[Variant]:
             pm_ptr="*fp32:16", pl_ptr="*fp32:16", sm_scale="fp32", chunk_size="i32:16", GQA="i32", page_size="i32:16",
             num_splits="i32", stride_qb="i32:16", stride_qh="i32:16", stride_kcb="i32:16", stride_kcs="i32:16",
             stride_kch="i32:16", stride_vcb="i32:16", stride_vcs="i32:16", stride_vch="i32:16", stride_btb="i32",
-            stride_ksh=1, stride_vsh=1, stride_pob="i32:16", stride_poh="i32:16", stride_pos="i32:16",
+            **_scale_strides(kv == f8), stride_pob="i32:16", stride_poh="i32:16", stride_pos="i32:16",
             stride_pmb="i32", stride_pmh="i32",
             CHUNKED=True, KV_FP8=kv == f8, DOT_F32=False, HEAD_D=HEAD_D, QH=16),
             op="paged_decode", tiles=("BLOCK_N",), dot=True))
+    for kv, chunked in (("bf16", True), ("bf16", False), (f8, True)):
+        name = f"paged_prefill[{'fp8' if kv == f8 else 'bf16'}_kv{',chunked' if chunked else ''}]"
+        out.append(Variant(name, paged_prefill.paged_prefill_kernel, dict(
+            q_ptr="*bf16:16", kc_ptr=f"*{kv}:16", vc_ptr=f"*{kv}:16", o_ptr="*bf16:16", bt_ptr="*i32:16",
+            cu_ptr="*i32:16", seqlen_ptr="*i32:16", firstpos_ptr="*i32:16", qpos_ptr="*i32:16", ks_ptr="*fp32:16",
+            vs_ptr="*fp32:16", sm_scale="fp32", num_seqs="i32", Hq="i32", GQA="i32", page_size="i32:16",
+            chunk_size="i32:16", stride_qt="i32:16", stride_qh="i32:16", stride_kcb="i32:16", stride_kcs="i32:16",
+            stride_kch="i32:16", stride_btb="i32", **_scale_strides(kv == f8),
+            CHUNKED=chunked, KV_FP8=kv == f8, DOT_F32=False, HEAD_D=HEAD_D),
+            op="paged_prefill", tiles=("BLOCK_M", "BLOCK_N"), dot=True))
     out.append(Variant("paged_reduce", paged_reduce_kernel, dict(
         po_ptr="*fp32:16", pm_ptr="*fp32:16", pl_ptr="*fp32:16", o_ptr="*bf16:16", num_splits="i32",
         stride_pob="i32:16", stride_poh="i32:16", stride_pos="i32:16", stride_pmb="i32", stride_pmh="i32",
         stride_ob="i32:16", stride_oh="i32:16", SPLITS=16, HEAD_D=HEAD_D)))
     return out
+
+
+def _scale_strides(fp8: bool) -> dict:
+    # per-token fp8 scales [num_blocks, block_size, Hkv] (the engine's view: head stride 1); unread without fp8
+    if fp8:
+        return dict(stride_ksb="i32", stride_kss="i32", stride_ksh=1, stride_vsb="i32", stride_vss="i32", stride_vsh=1)
+    return dict(stride_ksb=0, stride_kss=0, stride_ksh=0, stride_vsb=0, stride_vss=0, stride_vsh=0)
 
 
 def _matches(shape: dict, flt: dict) -> bool:

@@ -60,6 +60,8 @@ _DEFAULTS = {
     ("attention", "nvidia"): TileConfig(64, 64, 0, 1, 4, 2, 0),
     ("paged_decode", "amd"): TileConfig(16, 32, 0, 1, 4, 1, 0),
     ("paged_decode", "nvidia"): TileConfig(16, 32, 0, 1, 4, 2, 0),
+    ("paged_prefill", "amd"): TileConfig(64, 32, 0, 1, 4, 1, 2),  # the prefill attention's tiles
+    ("paged_prefill", "nvidia"): TileConfig(64, 64, 0, 1, 4, 2, 0),
 }
 
 

@@ -1,10 +1,12 @@
 """Decode attention over the paged KV cache, split over the key range (flash-decoding): each program
 takes one (sequence, kv head, split) and all query heads of that GQA group; a second kernel merges
 the splits. Only the visible slot range [lo, hi) is read: hi = q_pos - first_pos + 1 (causal),
-lo = start of the query's chunk (chunked layers). bf16/fp16 or fp8 (per-tensor / per-head scales) KV."""
+lo = start of the query's chunk (chunked layers). bf16/fp16 or fp8 KV with per-slot scales read through
+strides (0 strides give per-tensor / per-head scales), folded into the scores and into p."""
 import triton
 import triton.language as tl
 
+from amd_llama4.ops.triton.kernels.paged_prefill import slot_scale
 from amd_llama4.ops.triton.kernels.tiles import online_softmax_step
 
 
@@ -13,7 +15,8 @@ def paged_decode_kernel(
         q_ptr, kc_ptr, vc_ptr, bt_ptr, seqlen_ptr, firstpos_ptr, qpos_ptr, ks_ptr, vs_ptr,
         po_ptr, pm_ptr, pl_ptr, sm_scale, chunk_size, GQA, page_size, num_splits,
         stride_qb, stride_qh, stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
-        stride_btb, stride_ksh, stride_vsh, stride_pob, stride_poh, stride_pos, stride_pmb, stride_pmh,
+        stride_btb, stride_ksb, stride_kss, stride_ksh, stride_vsb, stride_vss, stride_vsh,
+        stride_pob, stride_poh, stride_pos, stride_pmb, stride_pmh,
         CHUNKED: tl.constexpr, KV_FP8: tl.constexpr, DOT_F32: tl.constexpr,
         BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, QH: tl.constexpr):
     # q: [B, Hq, D]; caches: [num_blocks, page_size, Hkv, D]; block_tables: [B, max_blocks]
@@ -41,9 +44,6 @@ def paged_decode_kernel(
     if DOT_F32:
         q = q.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
-    if KV_FP8:
-        qk_scale = qk_scale * tl.load(ks_ptr + kvh * stride_ksh)
-        v_scale = tl.load(vs_ptr + kvh * stride_vsh)
     m_i = tl.zeros([QH], dtype=tl.float32) - 1.0e30
     l_i = tl.zeros([QH], dtype=tl.float32)
     acc = tl.zeros([QH, HEAD_D], dtype=tl.float32)
@@ -56,17 +56,26 @@ def paged_decode_kernel(
                     + offs_d[None, :], mask=ok[:, None], other=0.0)
         v = tl.load(vc_ptr + phys[:, None] * stride_vcb + off[:, None] * stride_vcs + kvh * stride_vch
                     + offs_d[None, :], mask=ok[:, None], other=0.0)
-        if KV_FP8:  # dequantise to the query dtype; the per-head scales are folded into s and o
+        if KV_FP8:  # dequantise to the query dtype; the scales are folded into s and p
             k = k.to(q.dtype)
             v = v.to(q.dtype)
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k)) * qk_scale
+        if KV_FP8:
+            s = s * slot_scale(ks_ptr, phys, off, kvh, stride_ksb, stride_kss, stride_ksh)[None, :]
         s = tl.where(ok[None, :], s, float("-inf"))
-        m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v)
-    if KV_FP8:
-        acc = acc * v_scale
+        if KV_FP8:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            p = p * slot_scale(vs_ptr, phys, off, kvh, stride_vsb, stride_vss, stride_vsh)[None, :]
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        else:
+            m_i, l_i, acc = online_softmax_step(m_i, l_i, acc, s, v)
     po = po_ptr + b * stride_pob + heads[:, None] * stride_poh + split * stride_pos + offs_d[None, :]
     tl.store(po, acc, mask=h_ok[:, None])
     pm = b * stride_pmb + heads * stride_pmh + split
