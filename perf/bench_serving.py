@@ -11,6 +11,12 @@ percentiles). Output keys follow vLLM's benchmark_serving (request_throughput, o
 mean_ttft_ms, p99_ttft_ms, mean_itl_ms, p99_itl_ms, completed, failed, ...), one dict per level
 under "results". Every request has a timeout, so a sweep is bounded in time.
 Output tokens: `usage.completion_tokens` when the server reports it, else one per streamed chunk.
+
+Long prompts among short chats (--long-prompts K --long-input-len W): K of the prompts, spread
+evenly, get W words. Each level then also reports the ITL of the other requests' tokens that arrive
+while some long prompt is being prefilled (from its send to its first token): p99 of those against
+the median ITL of all (`itl_p99_during_long_prefill_over_median`; issue 14's target <= 3: a long
+prefill must not stall the other streams).
 """
 from __future__ import annotations
 
@@ -40,12 +46,22 @@ class RequestResult:
     latency_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
     error: str | None = None
+    long: bool = False  # one of the --long-prompts
+    t_send: float = 0.0  # perf_counter() at send
+    token_t: list[float] = field(default_factory=list)  # perf_counter() of each streamed text chunk
 
 
-def make_prompts(n: int, input_len: int, seed: int) -> list[str]:
-    """`n` synthetic prompts of `input_len` words, deterministic for a seed (distinct, so no prefix cache hits)."""
+def make_prompts(n: int, input_len: int, seed: int, long_idx: frozenset = frozenset(), long_len: int = 0) -> list[str]:
+    """`n` synthetic prompts of `input_len` words (`long_len` for the indices in long_idx),
+    deterministic for a seed (distinct from the first word on, so no prefix cache hits)."""
     rng = random.Random(seed)
-    return [f"Request {i}: " + " ".join(rng.choice(_WORDS) for _ in range(input_len)) for i in range(n)]
+    return [f"Request {i}: " + " ".join(rng.choice(_WORDS) for _ in range(long_len if i in long_idx else input_len))
+            for i in range(n)]
+
+
+def long_indices(n: int, k: int) -> frozenset:
+    """k of n request indices, spread evenly (the first at 0)."""
+    return frozenset(i * n // k for i in range(k)) if k else frozenset()
 
 
 def _text_of(chunk: dict, chat: bool) -> str:
@@ -58,9 +74,10 @@ def _text_of(chunk: dict, chat: bool) -> str:
     return c.get("text") or ""
 
 
-async def one_request(client, url: str, payload: dict, headers: dict, chat: bool, timeout: float) -> RequestResult:
-    res = RequestResult()
-    t0 = time.perf_counter()
+async def one_request(client, url: str, payload: dict, headers: dict, chat: bool, timeout: float,
+                      long: bool = False) -> RequestResult:
+    res = RequestResult(long=long)
+    t0 = res.t_send = time.perf_counter()
 
     async def go():
         last = None
@@ -92,6 +109,7 @@ async def one_request(client, url: str, payload: dict, headers: dict, chat: bool
                     else:
                         res.itl_s.append(now - last)
                     last = now
+                    res.token_t.append(now)
                     chunks += 1
         res.output_tokens = res.output_tokens or chunks
         res.latency_s = time.perf_counter() - t0
@@ -147,12 +165,27 @@ def metrics(results: list[RequestResult], duration: float, pcts: list[float]) ->
          "total_token_throughput": ((total_in or 0) + out_tokens) / duration if duration > 0 else 0.0}
     for name, xs in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2el", e2el)):
         m.update(_stats(name, xs, pcts))
+    if any(r.long for r in results):
+        m.update(long_prefill_itl(ok, itl, pcts))
     errors = [r.error for r in results if r.error]
     m["errors"] = sorted(set(errors))[:5]
     return m
 
 
-async def run_level(args, prompts: list[str], concurrency: int) -> dict:
+def long_prefill_itl(ok: list[RequestResult], itl_ms: list[float], pcts: list[float]) -> dict:
+    """ITL (ms) of the short requests' tokens whose gap overlaps a long prompt's prefill (send to
+    first token), against the median ITL of all requests."""
+    windows = [(r.t_send, r.t_send + r.ttft_s) for r in ok if r.long and r.ttft_s is not None]
+    during = [(b - a) * 1e3 for r in ok if not r.long for a, b in zip(r.token_t, r.token_t[1:])
+              if any(a < w1 and b > w0 for w0, w1 in windows)]
+    m = {"num_long_prompts": sum(r.long for r in ok), "num_itl_during_long_prefill": len(during)}
+    m.update(_stats("itl_during_long_prefill", during, pcts))
+    med = statistics.median(itl_ms) if itl_ms else None
+    m["itl_p99_during_long_prefill_over_median"] = (percentile(during, 99) / med) if during and med else None
+    return m
+
+
+async def run_level(args, prompts: list[str], concurrency: int, long_idx: frozenset = frozenset()) -> dict:
     import httpx
 
     chat = args.endpoint == "chat"
@@ -176,14 +209,15 @@ async def run_level(args, prompts: list[str], concurrency: int) -> dict:
         for _ in range(args.warmup_requests):
             await one_request(client, url, payload(prompts[0]), headers, chat, args.request_timeout)
 
-        async def worker(p: str) -> RequestResult | None:
+        async def worker(i: int, p: str) -> RequestResult | None:
             async with sem:
                 if deadline and time.perf_counter() > deadline:
                     return None  # not sent: the level ran out of time
-                return await one_request(client, url, payload(p), headers, chat, args.request_timeout)
+                return await one_request(client, url, payload(p), headers, chat, args.request_timeout,
+                                         i in long_idx)
 
         t0 = time.perf_counter()
-        done = await asyncio.gather(*(worker(p) for p in prompts))
+        done = await asyncio.gather(*(worker(i, p) for i, p in enumerate(prompts)))
         duration = time.perf_counter() - t0
     sent = [r for r in done if r is not None]
     m = metrics(sent, duration, args.percentiles)
@@ -198,6 +232,9 @@ def parse_args(argv=None):
     p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     p.add_argument("--num-prompts", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--input-len", type=int, default=128, help="words per synthetic prompt")
+    p.add_argument("--long-prompts", type=int, default=0,
+                   help="how many of the --num-prompts are long (spread evenly): a long-prompt mix")
+    p.add_argument("--long-input-len", type=int, default=2000, help="words per long prompt")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--concurrency", default="1,4,16,64", help="comma list of levels")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -215,19 +252,27 @@ def parse_args(argv=None):
     a.percentiles = [float(x) for x in a.percentiles.split(",") if x]
     if any(c < 1 for c in a.levels) or a.num_prompts < 1:
         p.error("concurrency levels and --num-prompts must be >= 1")
+    if not 0 <= a.long_prompts <= a.num_prompts:
+        p.error(f"--long-prompts {a.long_prompts} must be in [0, --num-prompts {a.num_prompts}]")
     return a
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prompts = make_prompts(args.num_prompts, args.input_len, args.seed)
+    long_idx = long_indices(args.num_prompts, args.long_prompts)
+    prompts = make_prompts(args.num_prompts, args.input_len, args.seed, long_idx, args.long_input_len)
     results = []
     for c in args.levels:
-        r = asyncio.run(run_level(args, prompts, c))
+        r = asyncio.run(run_level(args, prompts, c, long_idx))
         results.append(r)
+        mix = ""
+        if "itl_p99_during_long_prefill_over_median" in r:
+            ratio = r["itl_p99_during_long_prefill_over_median"]
+            mix = (f"; during long prefills ITL p99 {_ms(r['p99_itl_during_long_prefill_ms'])} = "
+                   f"{'-' if ratio is None else f'{ratio:.2f}'}x the median ITL")
         print(f"concurrency {c:>4}: {r['completed']}/{r['num_prompts']} ok, {r['request_throughput']:.2f} req/s, "
               f"{r['output_throughput']:.1f} tok/s, TTFT mean {_ms(r['mean_ttft_ms'])} p99 {_ms(r['p99_ttft_ms'])}, "
-              f"ITL mean {_ms(r['mean_itl_ms'])} p99 {_ms(r['p99_itl_ms'])}", file=sys.stderr)
+              f"ITL mean {_ms(r['mean_itl_ms'])} p99 {_ms(r['p99_itl_ms'])}{mix}", file=sys.stderr)
     cfg = {k: v for k, v in vars(args).items() if k != "api_key"}
     doc = {"schema": SCHEMA, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": cfg, "results": results}
     text = json.dumps(doc, indent=1)

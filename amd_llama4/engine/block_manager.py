@@ -10,6 +10,7 @@ The tensors live in kv_cache.KVCache, a BlockManager with storage.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from amd_llama4.config import Llama4Config
@@ -24,33 +25,84 @@ def layer_kinds(cfg: Llama4Config) -> list[str]:
 
 
 class BlockAllocator:
-    """A free list of block ids; LIFO reuse keeps recently freed blocks warm."""
+    """One pool's blocks: a reference count per block, and for automatic prefix caching a content
+    hash per full block (engine/prefix_cache.py). A block whose count drops to 0 keeps its hash and
+    waits in an LRU queue (oldest first), where a later request can take it back; it is evicted
+    (hash dropped) only when a fresh block is needed and no never-cached free block is left.
+    Never-cached free blocks are reused LIFO, which keeps recently freed blocks warm."""
 
     def __init__(self, num_blocks: int):
         self.num_blocks = num_blocks
-        self._free = list(range(num_blocks - 1, -1, -1))
+        self._free = list(range(num_blocks - 1, -1, -1))  # ref 0, no hash; the top is the end
+        self._lru: OrderedDict[int, None] = OrderedDict()  # ref 0, hashed; oldest first
+        self._ref = [0] * num_blocks
+        self.hash_of: dict[int, bytes] = {}
+        self.block_of: dict[bytes, int] = {}
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        """Blocks an allocation may take: never-cached free ones plus evictable cached ones."""
+        return len(self._free) + len(self._lru)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self.block_of)
+
+    def ref_count(self, block: int) -> int:
+        return self._ref[block]
 
     def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise MemoryError(f"KV cache: need {n} blocks, {len(self._free)} free")
-        out = self._free[len(self._free) - n:][::-1]
-        del self._free[len(self._free) - n:]
+        if n > self.num_free:
+            raise MemoryError(f"KV cache: need {n} blocks, {self.num_free} free")
+        take = min(n, len(self._free))
+        out = self._free[len(self._free) - take:][::-1]
+        del self._free[len(self._free) - take:]
+        for _ in range(n - take):  # evict the least recently released cached blocks
+            block, _ = self._lru.popitem(last=False)
+            del self.block_of[self.hash_of.pop(block)]
+            out.append(block)
+        for b in out:
+            self._ref[b] = 1
         return out
 
     def free(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
+        """Drop one reference to each block. In reverse order, so a sequence's tail blocks (the
+        least likely to be shared) are the first evicted and its first blocks reused first."""
+        for b in reversed(blocks):
+            self._ref[b] -= 1
+            if self._ref[b] == 0:
+                if b in self.hash_of:
+                    self._lru[b] = None
+                else:
+                    self._free.append(b)
+            elif self._ref[b] < 0:
+                raise RuntimeError(f"KV block {b} freed more often than it was taken (block_manager bug)")
+
+    # -- prefix caching -------------------------------------------------------------------------
+    def lookup(self, key: bytes) -> int | None:
+        return self.block_of.get(key)
+
+    def take(self, block: int) -> None:
+        """One more reference to a cached block (a prefix-cache hit)."""
+        if self._ref[block] == 0:
+            del self._lru[block]
+        self._ref[block] += 1
+
+    def register(self, block: int, key: bytes) -> None:
+        """Record that a full, computed block holds the content `key`. A block already hashed, or a
+        key another block already holds (computed twice concurrently), is left as it is."""
+        if block not in self.hash_of and key not in self.block_of:
+            self.hash_of[block], self.block_of[key] = key, block
 
 
 @dataclass
 class SeqBlocks:
-    """One sequence's block tables. chunk_start: absolute position of slot 0 of the chunked table."""
+    """One sequence's block tables. chunk_start: absolute position of slot 0 of the chunked table.
+    registered: per pool, how many leading blocks of the table the prefix cache has seen full."""
 
     tables: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
     chunk_start: int = 0
+    registered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
 
 class BlockManager:
@@ -73,6 +125,8 @@ class BlockManager:
                              f"(this model has {self.layer_counts} layers per pool)")
         self.num_blocks = {k: int(blocks[k]) for k in self.kinds}
         self.allocators = {k: BlockAllocator(self.num_blocks[k]) for k in self.kinds}
+        # tokens looked up in / found in the prefix cache (vLLM's prefix_cache_queries / _hits)
+        self.prefix_cache_stats = {"prefix_cache_queries": 0, "prefix_cache_hits": 0}
 
     def blocks_needed(self, seq: SeqBlocks, start: int, end: int) -> dict[str, int]:
         """Blocks to add so positions [start, end) have slots; chunked counts assume the release
@@ -89,8 +143,11 @@ class BlockManager:
 
     def can_reserve(self, seq: SeqBlocks, start: int, end: int) -> bool:
         need = self.blocks_needed(seq, start, end)
-        freed = len(seq.tables.get("chunked", [])) if ("chunked" in self.kinds and
-                                                      start // self.chunk * self.chunk != seq.chunk_start) else 0
+        freed = 0
+        if "chunked" in self.kinds and start // self.chunk * self.chunk != seq.chunk_start:
+            # the old chunk's blocks come back only where this sequence holds the last reference
+            alloc = self.allocators["chunked"]
+            freed = sum(alloc.ref_count(b) == 1 for b in seq.tables["chunked"])
         return all(need[k] <= self.allocators[k].num_free + (freed if k == "chunked" else 0) for k in self.kinds)
 
     def reserve(self, seq: SeqBlocks, start: int, end: int) -> None:
@@ -102,20 +159,27 @@ class BlockManager:
             if cs != seq.chunk_start:  # crossed into a new chunk: the old one is never read again
                 self.allocators["chunked"].free(seq.tables["chunked"])
                 seq.tables["chunked"], seq.chunk_start = [], cs
+                seq.registered["chunked"] = 0
         need = self.blocks_needed(seq, start, end)
         for kind in self.kinds:
             seq.tables[kind] += self.allocators[kind].allocate(need[kind])
 
     def release(self, seq: SeqBlocks) -> None:
+        """Drop the sequence's references (blocks the prefix cache holds stay cached)."""
         for kind in self.kinds:
             self.allocators[kind].free(seq.tables[kind])
             seq.tables[kind] = []
+            seq.registered[kind] = 0
         seq.chunk_start = 0
 
     def usage(self) -> dict:
+        """Blocks referenced by sequences (cached blocks nobody references count as free), and the
+        prefix cache's counters in tokens (engine/prefix_cache.py keeps them up to date)."""
         total = sum(a.num_blocks for a in self.allocators.values())
         used = sum(a.num_blocks - a.num_free for a in self.allocators.values())
-        return {"kv_blocks_used": used, "kv_blocks_total": total, "kv_usage": used / max(total, 1)}
+        return {"kv_blocks_used": used, "kv_blocks_total": total, "kv_usage": used / max(total, 1),
+                "kv_blocks_cached": sum(a.num_cached for a in self.allocators.values()),
+                **self.prefix_cache_stats}
 
     # -- slot maps (runner side) ----------------------------------------------------------------
     def slots(self, seq: SeqBlocks, kind: str, positions: range) -> list[int]:

@@ -5,8 +5,14 @@ Text path, O(new tokens) per step:
   UTF-8 decoder, which holds back an incomplete character until its last byte arrives and turns
   bytes that can never become valid into U+FFFD exactly like `Tokenizer.decode` does. Exact, and the
   concatenated deltas equal `decode(all ids)`.
-- other tokenizers: re-decode a short window of ids (prefix offset .. end) and emit the part past the
-  read offset once it no longer ends in U+FFFD (an incomplete character), as HF/vLLM streamers do.
+- other tokenizers: `tokenizers.decoders.DecodeStream` (the same window re-decoding, done inside
+  the Rust tokenizer: one call per token), primed with the last prompt ids. It cannot handle two
+  cases, which fall back to the Python window path (re-decode ids prefix offset .. end, emit the
+  part past the read offset once it no longer ends in U+FFFD, as HF/vLLM streamers do): bytes that
+  never become a valid character (DecodeStream holds them forever; after _MAX_PENDING ids they are
+  emitted as U+FFFD, like decode, and the window path keeps the rest of the request) and the end of
+  the request (DecodeStream has no flush). Without a
+  HF `tokenizers` backend, or with use_stream=False, the window path does everything.
 
 Stop strings: the first stop string to COMPLETE in the text wins (ties: the one starting earliest),
 independent of how the text was split into tokens. The text is cut exactly before it (or after it
@@ -29,7 +35,7 @@ _MAX_PENDING = 6
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Tokenizer, params: SamplingParams, prompt_ids: list[int] | None = None,
-                 use_bytes: bool | None = None):
+                 use_bytes: bool | None = None, use_stream: bool = True):
         self.tokenizer = tokenizer
         self.params = params
         self.skip_special = params.skip_special_tokens
@@ -46,6 +52,9 @@ class IncrementalDetokenizer:
         self._closed = False  # finish() was called
         self._stops = list(params.stop)
         self._max_stop = max((len(s) for s in self._stops), default=0)
+        # the HF tokenizer DecodeStream steps with (Tokenizer keeps it as _tok)
+        self._hf = getattr(tokenizer, "_tok", None) if use_stream and not self.use_bytes else None
+        self._stream = self._new_stream() if self._hf is not None else None
 
     @property
     def text(self) -> str:
@@ -62,7 +71,10 @@ class IncrementalDetokenizer:
         """Feed one generated id; return the newly printable text (may be "")."""
         if self.finished:
             return ""
-        piece = self._decode_bytes(token_id) if self.use_bytes else self._decode_window(token_id)
+        if self.use_bytes:
+            piece = self._decode_bytes(token_id)
+        else:
+            piece = self._decode_stream(token_id) if self._stream is not None else self._decode_window(token_id)
         return self._append(piece, final=False)
 
     def finish(self) -> str:
@@ -82,6 +94,35 @@ class IncrementalDetokenizer:
             return ""
         return self._utf8.decode(self.tokenizer.token_bytes(token_id))
 
+    def _new_stream(self):
+        """A DecodeStream primed with the ids before the read offset (leading-space context)."""
+        try:
+            from tokenizers.decoders import DecodeStream
+        except ImportError:  # tokenizers < 0.21
+            self._hf = None
+            return None
+        return DecodeStream(ids=self._ids[self._prefix: self._read], skip_special_tokens=self.skip_special)
+
+    def _decode_stream(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        piece = self._stream.step(self._hf, token_id)
+        if piece is None and len(self._ids) - self._read < _MAX_PENDING:
+            return ""  # an incomplete character: wait for its remaining bytes
+        if piece is None:  # bytes that never form a character: the window path emits them as
+            self._ids.pop()  # U+FFFD and keeps the request (a stream primed with them re-emits them)
+            self._stream = None
+            return self._decode_window(token_id)
+        self._advance()
+        return piece
+
+    def _advance(self) -> None:
+        """The ids up to the end were emitted: they become the next window's context."""
+        self._prefix, self._read = self._read, len(self._ids)
+        if self._prefix > 256:  # drop ids no window will look at again
+            del self._ids[: self._prefix]
+            self._read -= self._prefix
+            self._prefix = 0
+
     def _decode_window(self, token_id: int) -> str:
         self._ids.append(token_id)
         before = self.tokenizer.decode(self._ids[self._prefix: self._read], self.skip_special)
@@ -90,11 +131,7 @@ class IncrementalDetokenizer:
             return ""  # an incomplete character: wait for its remaining bytes
         # The emitted chunk becomes the next window's context; the window never exceeds
         # 2 * _MAX_PENDING ids (+ prompt context at the start).
-        self._prefix, self._read = self._read, len(self._ids)
-        if self._prefix > 256:  # drop ids no window will look at again
-            del self._ids[: self._prefix]
-            self._read -= self._prefix
-            self._prefix = 0
+        self._advance()
         return now[len(before):]
 
     def _flush_window(self) -> str:

@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from amd_llama4.engine.paged_decode import DecodeInputs
+from amd_llama4.engine.step_inputs import StepInputs
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
@@ -46,9 +46,10 @@ class TorchCudaGraphs:
 
 
 class DecodeGraphs:
-    """forward(inputs: DecodeInputs) -> [B, ...] over the static buffers `buffers` (largest bucket rows)."""
+    """forward(inputs: StepInputs) -> [B, ...] over the static buffers `buffers` (largest bucket rows,
+    one token each: a decode step)."""
 
-    def __init__(self, forward: Callable[[DecodeInputs], torch.Tensor], buffers: DecodeInputs,
+    def __init__(self, forward: Callable[[StepInputs], torch.Tensor], buffers: StepInputs,
                  buckets: list[int], backend: GraphBackend):
         if buckets[-1] > buffers.batch:
             raise ValueError(f"largest bucket {buckets[-1]} exceeds the {buffers.batch} static buffer rows")
@@ -59,7 +60,7 @@ class DecodeGraphs:
         """The smallest bucket that holds n rows; None: run eagerly."""
         return next((b for b in self.buckets if b >= n), None)
 
-    def run(self, inputs: DecodeInputs) -> torch.Tensor:
+    def run(self, inputs: StepInputs) -> torch.Tensor:
         """inputs: one bucket's rows (any device) -> the static output of that bucket's graph. The
         output is overwritten by the next replay: read it before the next step."""
         b = inputs.batch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from amd_llama4.config import Llama4Config
-from amd_llama4.engine.block_manager import BlockManager, SeqBlocks
+from amd_llama4.engine.block_manager import BlockManager
 
 class KVCache(BlockManager):
     """Cache tensors per layer kind, [layers_of_kind, num_blocks * block_size, Hkv, D], on top of the
@@ -57,27 +57,7 @@ class KVCache(BlockManager):
         sshape = lambda k: (counts[k] if allocate and self.fp8 else 0, slots[k], 2, nh)  # noqa: E731
         self.token_scales = {k: torch.zeros(sshape(k), dtype=torch.float32, device=device) for k in self.kinds}
 
-    # -- slot maps (runner side) ----------------------------------------------------------------
-    def read_maps(self, seqs: list[SeqBlocks], kind: str, ends: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(slots [B, L], positions [B, L], -1 = empty) of every key a query at ends[b] - 1 of
-        seqs[b] may read: `slots` over `visible_range`, on tensors, since a decode step reads the
-        whole context of every sequence and a Python loop over positions would cost more than the
-        layers' attention."""
-        ranges = [self.visible_range(seq, kind, end) for seq, end in zip(seqs, ends)]
-        bs, B = self.block_size, len(seqs)
-        base = torch.tensor([r.start for r in ranges])  # [B] position of slot 0 of the table
-        lens = torch.tensor([len(r) for r in ranges])
-        off = torch.arange(int(lens.max()))  # [L] position - base
-        width = max(1, max(len(seq.tables[kind]) for seq in seqs))
-        tab = torch.zeros(B, width, dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            tab[b, :len(seq.tables[kind])] = torch.tensor(seq.tables[kind], dtype=torch.long)
-        blk = (off // bs).clamp(max=width - 1).expand(B, -1)
-        valid = off[None, :] < lens[:, None]
-        slots = torch.where(valid, tab.gather(1, blk) * bs + off % bs, 0)
-        return slots, torch.where(valid, base[:, None] + off, -1)
-
-    # -- tensor side (called from the model's attention through StepCache) -------------------------
+    # -- tensor side (called from the model's attention through step_inputs.PagedStepCache) ------
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
         if self.fp8:
@@ -94,22 +74,17 @@ class KVCache(BlockManager):
                 cache, x = cache.view(torch.uint8), x.view(torch.uint8)
             cache.index_copy_(0, slots, x)
 
-    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def paged(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(k_cache, v_cache [num_blocks, block_size, Hkv, D], k_scale, v_scale) of one layer, as
+        ops.paged_attention reads them in place: views, no copy. Scales: None (not fp8), the
+        checkpoint's static ones [Hkv], or the per-token ones [num_blocks, block_size, Hkv] (strided
+        views of token_scales)."""
         kind, li = self.kind_of_layer[layer], self.index_in_kind[layer]
+        paged = lambda t: t.view(-1, self.block_size, *t.shape[1:])  # noqa: E731
+        k, v = paged(self.k[kind][li]), paged(self.v[kind][li])
         if not self.fp8:
-            return _gather(self.k[kind][li], slots), _gather(self.v[kind][li], slots)
-        # gather bytes, then reinterpret (no float8 indexing kernels on CPU), then dequantise
-        k = _gather(self.k[kind][li].view(torch.uint8), slots).view(self.store_dtype)
-        v = _gather(self.v[kind][li].view(torch.uint8), slots).view(self.store_dtype)
+            return k, v, None, None
         if self.static[layer]:
-            sk, sv = self.scales[layer][:, :, None]  # [Hkv, 1] against [..., Hkv, D]
-        else:
-            ts = _gather(self.token_scales[kind][li], slots)  # [..., 2, Hkv]
-            sk, sv = ts[..., 0, :, None], ts[..., 1, :, None]
-        return (k.float() * sk).to(self.dtype), (v.float() * sv).to(self.dtype)
-
-
-def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """cache[slots] ([*slots.shape, *cache.shape[1:]]) as one index_select: 4x faster than advanced
-    indexing on CPU, and a decode step gathers every layer's whole context."""
-    return cache.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[1:])
+            return k, v, self.scales[layer, 0], self.scales[layer, 1]
+        ts = paged(self.token_scales[kind][li])  # [num_blocks, block_size, K|V, Hkv]
+        return k, v, ts[:, :, 0], ts[:, :, 1]

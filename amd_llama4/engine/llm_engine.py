@@ -3,16 +3,16 @@ by `LLM` (offline) and `AsyncEngine` (server)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from amd_llama4.config import QuantConfig, load_config
 from amd_llama4.engine.kv_cache import KVCache
-from amd_llama4.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from amd_llama4.engine.outputs import CompletionOutput, Logprob, RequestOutput, select_best
 from amd_llama4.engine.runner import ModelRunner, StepItem
 from amd_llama4.engine.sampler import Sampler, SamplingState
-from amd_llama4.engine.sampling_params import SamplingParams
+from amd_llama4.engine.sampling_params import RequestOutputKind, SamplingParams
 from amd_llama4.engine.scheduler import Scheduler, Sequence
 from amd_llama4.platform import parse_dtype, resolve_device, resolve_dtype
 
@@ -43,6 +43,8 @@ class EngineArgs:
     expert_parallel: bool = False
     # Ray's accelerator type for the tensor-parallel workers' GPUs (e.g. AMD-Instinct-MI300X-OAM, H200)
     accelerator_type: str | None = None
+    # automatic prefix caching (vLLM's default): requests reuse cached KV blocks of a shared prefix
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -51,21 +53,40 @@ class EngineArgs:
             raise ValueError(f"max_num_seqs {self.max_num_seqs} must be >= 1")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} must be >= 1")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < self.max_num_seqs:
+            # every running decode needs a token of the step budget (vLLM's rule)
+            raise ValueError(f"max_num_batched_tokens {self.max_num_batched_tokens} is smaller than max_num_seqs "
+                             f"{self.max_num_seqs}: raise it or lower max_num_seqs")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization {self.gpu_memory_utilization} must be in (0, 1]")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
             raise ValueError(f"kv_cache_memory_bytes {self.kv_cache_memory_bytes} must be positive (or None: measure)")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
+    """One user request: n (or best_of) samples of one prompt, each a Sequence."""
+    request_id: str
     prompt: str | None
+    prompt_token_ids: list[int]
     params: SamplingParams
+    seqs: list[Sequence] = field(default_factory=list)
+    failed: bool = False  # a sample ended in an error: the others end as "abort"
+
+
+@dataclass(eq=False)
+class _SeqState:
+    """One sample's state (Sequence.state); step() reads `sampling` and `finish_reason`."""
+    request: _Request
+    index: int
     sampling: SamplingState
     detok: object | None
-    logprobs: list | None
+    logprobs: list | None  # entries not yet sent (DELTA) or all of them (CUMULATIVE); None: not asked
+    cumulative_logprob: float | None  # None: no logprobs computed for this sample
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    sent_tokens: int = 0  # generated ids already in an output (DELTA)
+    new_text: list[str] = field(default_factory=list)  # detokenized pieces not yet sent (DELTA)
 
 
 class LLMEngine:
@@ -114,12 +135,14 @@ class LLMEngine:
             if self.parallel:
                 self.runner.shutdown()
             raise
-        self.scheduler = Scheduler(self.cache, args.max_num_seqs, memory.batched_tokens(args))
+        self.scheduler = Scheduler(self.cache, args.max_num_seqs, memory.batched_tokens(args),
+                                   enable_prefix_caching=args.enable_prefix_caching)
         if not self.parallel:
             self.runner = ModelRunner(self.model, self.cache, device, args.enforce_eager,
                                       max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs)
         self.sampler = Sampler()
-        self._requests: dict[str, Sequence] = {}
+        self._requests: dict[str, Sequence] = {}  # sequence id -> live Sequence (one per sample)
+        self._groups: dict[str, _Request] = {}  # request id -> its unfinished request
 
     def _start_workers(self):
         from dataclasses import fields
@@ -177,31 +200,63 @@ class LLMEngine:
         return None, ids
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+        """Queue a request: one Sequence per sample (params.best_of or n). Sample i > 0 has the
+        sequence id f"{request_id}#{i}" and `parent` = sample 0, so the scheduler can admit it once
+        the parent's prompt is computed and it shares the prompt's cached blocks."""
         params = params or SamplingParams()
-        if request_id in self._requests:
+        seq_ids = [request_id] + [f"{request_id}#{i}" for i in range(1, params.num_samples)]
+        if request_id in self._groups or any(i in self._requests for i in seq_ids):
             raise ValueError(f"request id {request_id!r} is already running")
         text, ids = self.encode(prompt)
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
                              "(room for at least one generated token is needed)")
+        req = _Request(request_id, text, ids, params)
+        for i, seq_id in enumerate(seq_ids):
+            seq = Sequence(seq_id, list(ids), len(ids), self._sample_state(req, i))
+            seq.parent = req.seqs[0] if req.seqs else None
+            req.seqs.append(seq)
+        self._groups[request_id] = req
+        for seq in req.seqs:
+            self._requests[seq.request_id] = seq
+            self.scheduler.add(seq)
+
+    def _sample_state(self, req: _Request, i: int) -> _SeqState:
+        p = req.params.for_sample(i)
         detok = None
         if self.tokenizer is not None:
             from amd_llama4.engine.detokenizer import IncrementalDetokenizer
 
-            detok = IncrementalDetokenizer(self.tokenizer, params, ids)
-        state = _Request(text, params, SamplingState(params, ids, self.eos_ids), detok,
-                         [] if params.logprobs is not None else None)
-        seq = Sequence(request_id, list(ids), len(ids), state)
-        self._requests[request_id] = seq
-        self.scheduler.add(seq)
+            detok = IncrementalDetokenizer(self.tokenizer, p, req.prompt_token_ids)
+        return _SeqState(req, i, SamplingState(p, req.prompt_token_ids, self.eos_ids), detok,
+                         [] if req.params.logprobs is not None else None,
+                         0.0 if p.logprobs is not None else None)
 
     def abort(self, request_id: str) -> RequestOutput | None:
-        seq = self._requests.pop(request_id, None)
-        if seq is None:
+        """End every sample of the request still running; -> their final output (None: unknown id)."""
+        req = self._groups.pop(request_id, None)
+        if req is None:
             return None
-        self.scheduler.finish(seq)
-        seq.state.finish_reason = "abort"
-        return self._output(seq)
+        ended = [s for s in req.seqs if s.state.finish_reason is None]
+        for seq in ended:
+            self._end(seq, "abort")
+        return self._request_output(req, ended)
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        """Finish a sample outside a step (abort): free its blocks now."""
+        seq.state.finish_reason = reason
+        if self._requests.pop(seq.request_id, None) is not None:
+            self.scheduler.finish(seq)
+        if seq.state.detok is not None:
+            self._add_text(seq.state, seq.state.detok.finish())
+
+    def _fail_group(self, req: _Request) -> None:
+        """A sample failed (finish_reason "error"): the request fails. Waiting samples end now; a
+        running one may be in the current step, so it ends as "abort" at its next token (_append)."""
+        req.failed = True
+        for seq in req.seqs:
+            if seq.state.finish_reason is None and seq in self.scheduler.waiting:
+                self._end(seq, "abort")
 
     def shutdown(self) -> None:
         if self.parallel:
@@ -211,7 +266,10 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def stats(self) -> dict:
+        """Engine gauges and counters for /metrics; prefix-cache counters (tokens) are 0 until the
+        cache reports them."""
         return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
+                "num_requests": len(self._groups), "prefix_cache_queries": 0, "prefix_cache_hits": 0,
                 **self.cache.usage(), "kv_pool_blocks": dict(self.cache.num_blocks)}
 
     # -- one step -------------------------------------------------------------------------------
@@ -245,30 +303,72 @@ class LLMEngine:
         tok = res.token_id
         seq.token_ids.append(tok)
         st.sampling.append(tok)
+        if st.cumulative_logprob is not None and res.logprob is not None:
+            st.cumulative_logprob += res.logprob
         if st.logprobs is not None:
             name = self.tokenizer.token_text if self.tokenizer is not None else str
             st.logprobs.append((Logprob(tok, res.logprob, name(tok)),
                                 [Logprob(i, lp, name(i)) for i, lp in (res.top_logprobs or [])]))
         finished, reason, stop_reason = st.sampling.check_stop(tok)
         if st.detok is not None:
-            st.detok.add(tok)
+            self._add_text(st, st.detok.add(tok))
             if st.detok.stopped_by is not None:
                 finished, reason, stop_reason = True, "stop", st.detok.stopped_by
         if not finished and len(seq.token_ids) >= self.max_model_len:
             finished, reason = True, "length"
+        if not finished and st.request.failed:
+            finished, reason = True, "abort"
         if finished:
             st.finish_reason, st.stop_reason = reason, stop_reason
             if st.detok is not None:
-                st.detok.finish()
+                self._add_text(st, st.detok.finish())
+
+    @staticmethod
+    def _add_text(st: _SeqState, piece: str) -> None:
+        if piece and st.request.params.output_kind is RequestOutputKind.DELTA:
+            st.new_text.append(piece)
 
     def _output(self, seq: Sequence) -> RequestOutput:
+        """The request's output after `seq` got a token or ended: DELTA, this sample's new part;
+        CUMULATIVE, every sample so far (the n best by cumulative logprob once all finished)."""
+        req = seq.state.request
+        if seq.state.finish_reason == "error" and not req.failed:
+            self._fail_group(req)
+        return self._request_output(req, [seq])
+
+    def _request_output(self, req: _Request, changed: list[Sequence]) -> RequestOutput:
+        done = all(s.state.finish_reason is not None for s in req.seqs)
+        if done:
+            self._groups.pop(req.request_id, None)
+        p = req.params
+        if p.output_kind is RequestOutputKind.DELTA:
+            outs = [self._delta(s) for s in changed]
+        else:
+            outs = [self._cumulative(s) for s in req.seqs]
+            if done:
+                outs = select_best(outs, p.n)
+        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished=done)
+
+    @staticmethod
+    def _cumulative(seq: Sequence) -> CompletionOutput:
         st = seq.state
-        gen = seq.token_ids[seq.num_prompt:]
         text = st.detok.text if st.detok is not None else ""
-        comp = CompletionOutput(0, text, list(gen), st.finish_reason, st.stop_reason,
-                                list(st.logprobs) if st.logprobs is not None else None)
-        return RequestOutput(seq.request_id, st.prompt, seq.token_ids[:seq.num_prompt], [comp],
-                             finished=st.finish_reason is not None)
+        return CompletionOutput(st.index, text, seq.token_ids[seq.num_prompt:], st.finish_reason, st.stop_reason,
+                                list(st.logprobs) if st.logprobs is not None else None, st.cumulative_logprob)
+
+    @staticmethod
+    def _delta(seq: Sequence) -> CompletionOutput:
+        """O(new tokens): the ids, text pieces and logprob entries since this sample's last output."""
+        st = seq.state
+        start = seq.num_prompt + st.sent_tokens
+        st.sent_tokens = len(seq.token_ids) - seq.num_prompt
+        text = "".join(st.new_text)
+        st.new_text.clear()
+        lps = st.logprobs
+        if lps is not None:
+            st.logprobs = []
+        return CompletionOutput(st.index, text, seq.token_ids[start:], st.finish_reason, st.stop_reason, lps,
+                                st.cumulative_logprob)
 
     def _execute(self, seqs: list[Sequence], num_tokens: list[int], sample: list[bool]) -> list:
         """Run one step; -> a SampleResult per sequence with sample=True, in order. Sampling runs on
@@ -285,8 +385,9 @@ class LLMEngine:
             return self.runner.execute(msg)
         items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed)
                  for s, n in zip(seqs, num_tokens)]
-        logits = self.runner.execute(items)  # [B, V] on the model's device
-        if not states:
+        if not states:  # prefill pieces only: K/V written, no logits needed
+            self.runner.execute(items, rows=[])
             return []
-        rows = [i for i, smp in enumerate(sample) if smp]
-        return self.sampler(logits if len(rows) == len(seqs) else logits[rows], states)
+        # one ragged step (no padding); the LM head runs only on the sampled rows
+        logits = self.runner.execute(items, rows=[i for i, smp in enumerate(sample) if smp])  # [n, V]
+        return self.sampler(logits, states)

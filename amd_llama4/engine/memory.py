@@ -28,7 +28,7 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
 def batched_tokens(args) -> int:
     """The scheduler's token budget per step (EngineArgs.max_num_batched_tokens or the default)."""
-    return args.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, args.block_size)
+    return args.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, args.block_size, args.max_num_seqs)
 
 
 def model_len(args, cfg: Llama4Config) -> int:

@@ -1,10 +1,21 @@
 """Per-request sampling parameters (vLLM's names and meanings)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass, field, replace
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
+
+
+class RequestOutputKind(enum.Enum):
+    """What each per-step RequestOutput carries (vLLM's RequestOutputKind).
+    CUMULATIVE: every output holds the whole text/ids/logprobs so far (each step costs O(length)).
+    DELTA: only what is new since the previous output of that sample (O(new tokens)); consumers
+    merge with outputs.OutputAccumulator. The server and LLM.generate use DELTA."""
+
+    CUMULATIVE = 0
+    DELTA = 1
 
 
 @dataclass
@@ -12,9 +23,13 @@ class SamplingParams:
     """temperature 0 = greedy. top_k 0 or -1 = off; top_p 1 = off; min_p 0 = off.
     Penalties as in vLLM/OpenAI: repetition (multiplicative, >1 discourages, over prompt+output),
     presence and frequency (additive, over output tokens). `logprobs`: None, or N top logprobs
-    returned per generated token (plus the sampled token's)."""
+    returned per generated token (plus the sampled token's).
+    n: samples returned; best_of (>= n, None = n): samples generated, of which the n with the highest
+    cumulative logprob are returned. With a seed, sample i draws from seed + i (vLLM's rule), so
+    samples differ and the request is reproducible."""
 
     n: int = 1
+    best_of: int | None = None
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -31,6 +46,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -45,8 +61,10 @@ class SamplingParams:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"SamplingParams.{name}: {why}")
 
-        if self.n != 1:
-            raise bad("n", f"{self.n}: only n=1 is supported")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise bad("n", f"{self.n!r} must be an integer >= 1")
+        if self.best_of is not None and (not isinstance(self.best_of, int) or self.best_of < self.n):
+            raise bad("best_of", f"{self.best_of!r} must be an integer >= n ({self.n})")
         if not 0.0 <= self.temperature <= 100.0:
             raise bad("temperature", f"{self.temperature} not in [0, 100]")
         if self.top_k < 0:
@@ -78,3 +96,18 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def num_samples(self) -> int:
+        """Sequences the engine runs for this request: best_of, else n."""
+        return self.best_of if self.best_of is not None else self.n
+
+    def for_sample(self, i: int) -> "SamplingParams":
+        """The parameters of sample i of this request: one sequence (n = 1), its own seed. Ranking
+        by cumulative logprob (best_of > n) needs the sampled tokens' logprobs: logprobs=0 asks the
+        sampler for them without top-N alternatives."""
+        logprobs = self.logprobs
+        if logprobs is None and self.num_samples > self.n:
+            logprobs = 0
+        return replace(self, n=1, best_of=None, logprobs=logprobs,
+                       seed=None if self.seed is None else self.seed + i)

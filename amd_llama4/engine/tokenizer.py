@@ -17,6 +17,9 @@ from typing import Any
 from tokenizers import Tokenizer as _HFTokenizer
 
 ALLOWED_ROLES = ("system", "user", "assistant", "tool")
+# Content part types: text, and images as the HF templates ("image") and the OpenAI API ("image_url")
+# spell them; both render as the template's image placeholder (Llama 4: one <|image|> each).
+IMAGE_PART_TYPES = ("image", "image_url")
 
 
 def tiny_tokenizer_dir() -> Path:
@@ -182,7 +185,7 @@ class Tokenizer:
                 "chat_template.json and 'chat_template' in tokenizer_config.json)")
         _validate_messages(messages)
         text = _compiled(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
+            messages=_template_messages(messages), add_generation_prompt=add_generation_prompt,
             bos_token=_token_content(self._config.get("bos_token")) or "",
             eos_token=_token_content(self._config.get("eos_token")) or "",
             pad_token=_token_content(self._config.get("pad_token")) or "",
@@ -231,12 +234,31 @@ def _validate_messages(messages: Any) -> None:
             raise ValueError(f"messages[{i}].content: must be a string or a list of parts, "
                              f"got {type(content).__name__}")
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ValueError(f"messages[{i}].content[{j}]: only {{'type': 'text'}} parts are "
-                                 f"supported, got {kind!r}")
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind in IMAGE_PART_TYPES:
+                continue  # the image itself is checked where it is decoded
+            if kind != "text":
+                raise ValueError(f"messages[{i}].content[{j}]: part type {kind!r} is not supported; use "
+                                 f"'text', 'image' or 'image_url'")
             if not isinstance(part.get("text"), str):
                 raise ValueError(f"messages[{i}].content[{j}].text: must be a string")
+
+
+def count_image_parts(messages: list[dict]) -> int:
+    """Image content parts in `messages`: the `<|image|>` placeholders the template will write."""
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") in IMAGE_PART_TYPES)
+
+
+def _template_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI's image_url parts as {'type': 'image'}, the spelling HF chat templates test for."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            m = {**m, "content": [{"type": "image"} if p.get("type") == "image_url" else p for p in content]}
+        out.append(m)
+    return out
 
 
 def _raise(msg: str) -> None:

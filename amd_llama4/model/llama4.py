@@ -21,8 +21,10 @@ class KVCache(Protocol):
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                scale: float, chunk_size: int | None) -> torch.Tensor:
-        """Store k, v [B, S, Hkv, D] at `positions` [B, S] (-1 = padding, not stored), then attend q
-        [B, S, Hq, D] over every key this layer may see (ops.attention's masking) -> [B, S, Hq, D]."""
+        """Store k, v [B, S, Hkv, D] of the new tokens at `positions` [B, S], then attend q [B, S, Hq, D]
+        over every key this layer may see (ops.attention's masking) -> [B, S, Hq, D]. The engine's
+        steps pass B = 1: the step's ragged tokens of many sequences flattened into one row, which the
+        view splits by its own cu_seqlens (RoPE, temperature and MoE are per token)."""
 
 
 class RMSNorm(nn.Module):
@@ -197,8 +199,9 @@ class Llama4TextModel(nn.Module):
         self.inv_freq = ops.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self._inv_freq_by_device: dict[torch.device, torch.Tensor] = {}
 
-    def forward(self, input_ids, positions, cache):
-        x = self.embed_tokens(input_ids)  # [B, S, H], no scaling
+    def forward(self, input_ids, positions, cache, inputs_embeds=None):
+        # inputs_embeds [B, S, H]: embeddings made by the caller (image features scattered in)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, H], no scaling
         dev = x.device
         if dev not in self._inv_freq_by_device:
             self._inv_freq_by_device[dev] = self.inv_freq.to(dev)
@@ -218,15 +221,19 @@ class Llama4ForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
-                      cache: KVCache | None = None) -> torch.Tensor:
-        """input_ids: [B, S] -> final-norm hidden states [B, S, H]. positions default to 0..S-1."""
+                      cache: KVCache | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: [B, S] -> final-norm hidden states [B, S, H]. positions default to 0..S-1.
+        inputs_embeds [B, S, H], when given, replaces the token embeddings of input_ids."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         elif positions.shape != input_ids.shape:
             raise ValueError(f"positions {tuple(positions.shape)} must match input_ids {tuple(input_ids.shape)}")
-        return self.model(input_ids, positions, cache)
+        if inputs_embeds is not None and inputs_embeds.shape[:2] != input_ids.shape:
+            raise ValueError(f"inputs_embeds {tuple(inputs_embeds.shape)} must be input_ids "
+                             f"{tuple(input_ids.shape)} + [hidden_size]")
+        return self.model(input_ids, positions, cache, inputs_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

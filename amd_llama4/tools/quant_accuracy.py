@@ -32,8 +32,7 @@ def teacher_forced_logits(model, ids: list[int], kv_cache_dtype: str = "auto", f
     while pos < len(ids):
         end = min(pos + tokens_per_step, len(ids), (pos // chunk + 1) * chunk)  # a step stays in one chunk
         cache.reserve(seq, pos, end)
-        ids_t, pos_t, step = runner._tensors([StepItem(seq, ids[pos:end], pos)])
-        rows.append(model.compute_logits(model.hidden_states(ids_t, pos_t, step)[0]))
+        rows.append(model.compute_logits(runner.hidden_states([StepItem(seq, ids[pos:end], pos)])))
         pos = end
     return torch.cat(rows)
 

@@ -1,4 +1,4 @@
-"""Shared by the paged-decode and graph tests (imported by module name, like tests/ops/triton_env)."""
+"""Shared by the graph-decode runner and graph tests (imported by module name, like tests/ops/triton_env)."""
 import torch
 
 from amd_llama4.engine.block_manager import SeqBlocks

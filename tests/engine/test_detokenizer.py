@@ -7,7 +7,8 @@ from amd_llama4.engine.sampling_params import SamplingParams
 from amd_llama4.engine.tokenizer import Tokenizer, byte_decoder
 
 MULTI = "Grüße 中文 😀🚀 déjà vu, 👍🏽 ok — 日本語!"
-PATHS = [True, False]  # bytes path (byte-level BPE) and window re-decoding path
+# bytes path (byte-level BPE), DecodeStream path (with its window fallbacks), plain window path
+PATHS = ["bytes", "stream", "window"]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,12 @@ def byte_ids(tok: Tokenizer, text: str) -> list[int]:
     return [tok.token_to_id(to_char[b]) for b in text.encode("utf-8")]
 
 
-def stream(tok, ids, params=None, use_bytes=True, prompt_ids=None):
-    d = IncrementalDetokenizer(tok, params or SamplingParams(), prompt_ids, use_bytes=use_bytes)
+def stream(tok, ids, params=None, use_bytes="bytes", prompt_ids=None):
+    """use_bytes: a PATHS mode (True/False = bytes/window, for the older call sites)."""
+    mode = {True: "bytes", False: "window"}.get(use_bytes, use_bytes)
+    d = IncrementalDetokenizer(tok, params or SamplingParams(), prompt_ids, use_bytes=mode == "bytes",
+                               use_stream=mode == "stream")
+    assert (d._stream is not None) == (mode == "stream")
     deltas = [d.add(i) for i in ids]
     deltas.append(d.finish())
     return d, deltas
@@ -150,3 +155,61 @@ def test_work_per_token_is_bounded(tok, monkeypatch):
     assert max(longest) <= 12 and len(longest) <= 2 * len(ids) + 2
     monkeypatch.undo()
     assert "".join(deltas) == text
+
+
+def test_decode_stream_path_decodes_without_python_windows(tok, monkeypatch):
+    ids = tok.encode(MULTI * 3, add_bos=False)
+    calls = []
+    real = tok.decode
+    monkeypatch.setattr(tok, "decode", lambda ids_, skip_special_tokens=True: calls.append(ids_) or real(
+        ids_, skip_special_tokens))
+    d, deltas = stream(tok, ids, use_bytes="stream", prompt_ids=tok.encode("Q:"))
+    assert calls == []  # valid text: every piece came from DecodeStream
+    # bytes that never form a character: the window fallback emits U+FFFD (as decode) and goes on
+    bad = byte_ids(tok, "ab") + [byte_ids(tok, "é")[1]] * 9 + byte_ids(tok, "cd") + byte_ids(tok, "中")[:2]
+    d, deltas = stream(tok, bad, use_bytes="stream")
+    monkeypatch.undo()
+    assert "".join(deltas) == d.text == real(bad) and "\ufffd" in d.text and d.text.startswith("ab")
+    assert 0 < len(calls) <= 2 * len(bad)  # from the fallback on, the window path decodes
+
+
+def _metaspace_tokenizer() -> Tokenizer:
+    """A SentencePiece-style (not byte-level) tokenizer: ▁-prefixed words, <0xNN> byte fallback."""
+    from tokenizers import Tokenizer as HF, decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for w in ["▁", "▁hello", "▁world", "hello", "▁a", "b", "c", "▁the"]:
+        vocab[w] = len(vocab)
+    hf = HF(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    hf.add_special_tokens(["<s>", "</s>"])
+    return Tokenizer(hf, byte_level=False)
+
+
+@pytest.mark.parametrize("mode", ["stream", "window"])
+def test_sentencepiece_style_tokenizer(mode):
+    sp_tok = _metaspace_tokenizer()
+    assert not sp_tok.is_byte_level
+    ids = sp_tok.encode("hello world 中文 a b c", add_bos=False)
+    assert any(3 <= i < 259 for i in ids)  # byte-fallback pieces
+    prompt = sp_tok.encode("the", add_bos=False)
+    d, deltas = stream(sp_tok, ids, use_bytes=mode, prompt_ids=prompt)
+    # after a prompt, the first word keeps its leading space (Strip only applies at the start)
+    assert "".join(deltas) == sp_tok.decode(prompt + ids)[len(sp_tok.decode(prompt)):] == " " + sp_tok.decode(ids)
+    assert "" in deltas[:-1]  # 中 and 文 span 3 byte-fallback pieces each
+    # Random texts with specials between words (random ids would split byte-fallback runs, which
+    # ByteFallback decodes as a whole: no streaming can match decode() there)
+    rng = random.Random(3)
+    words = ["hello", "world", "a", "b", "c", "中文", "😀", "é", "the", "x"]
+    for _ in range(100):
+        ids = []
+        for _ in range(rng.randrange(1, 8)):
+            ids += sp_tok.encode(" ".join(rng.choice(words) for _ in range(3)), add_bos=False)
+            ids += [rng.choice([1, 2])] if rng.random() < 0.3 else []
+        # the window path loses a word's leading space when a skipped special starts its window
+        # (Strip then applies to the word); DecodeStream gets that right
+        for skip in (True, False) if mode == "stream" else (False,):
+            d, deltas = stream(sp_tok, ids, SamplingParams(skip_special_tokens=skip), mode)
+            assert "".join(deltas) == sp_tok.decode(ids, skip_special_tokens=skip) == d.text, ids

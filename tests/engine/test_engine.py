@@ -32,7 +32,7 @@ def _run(engine, on_step=None):
 
 
 def test_chunked_blocks_bounded_global_blocks_grow(tiny):
-    eng = _engine(tiny, block_size=5, max_num_batched_tokens=16)
+    eng = _engine(tiny, block_size=5, max_num_batched_tokens=16, max_num_seqs=16)
     chunk, bs = tiny.config.attention_chunk_size, 5
     eng.add_request("a", list(range(5, 45)), SamplingParams(max_tokens=70, **GREEDY))
     seq = eng.scheduler.find("a")
@@ -166,8 +166,8 @@ def test_fp8_kv_cache_agrees_with_auto(tiny):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 500, (int(n),), generator=g).tolist() for n in torch.randint(9, 90, (24,), generator=g)]
     sp = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
-    ref = _engine_generate(_engine(tiny, max_num_batched_tokens=8), prompts, sp)
-    eng = _engine(tiny, max_num_batched_tokens=8, kv_cache_dtype="fp8")
+    ref = _engine_generate(_engine(tiny, max_num_batched_tokens=8, max_num_seqs=8), prompts, sp)
+    eng = _engine(tiny, max_num_batched_tokens=8, max_num_seqs=8, kv_cache_dtype="fp8")
     assert eng.cache.k["global"].dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
     got = _engine_generate(eng, prompts, sp)
     agree = sum(a == b for a, b in zip(ref, got)) / len(prompts)
@@ -181,26 +181,10 @@ def _engine_generate(eng, prompts, sp):
     return [final[str(i)].outputs[0].token_ids[0] for i in range(len(prompts))]
 
 
-def test_read_maps_follow_the_slot_rule():
-    """KVCache.read_maps (tensor form, used every step) gives exactly KVCache.slots over
-    visible_range for each sequence, -1 positions past each one's context; chunked tables start
-    at the chunk."""
-    from amd_llama4.config import preset
-    from amd_llama4.engine.block_manager import SeqBlocks
-    from amd_llama4.engine.kv_cache import KVCache
+def test_step_budget_below_max_num_seqs_is_refused():
+    """Every running decode needs one token of the step budget (vLLM's rule), else the youngest starve."""
+    with pytest.raises(ValueError, match="max_num_batched_tokens 8 is smaller than max_num_seqs 64"):
+        EngineArgs(model="tiny-scout", max_num_batched_tokens=8)
+    from amd_llama4.engine.memory import batched_tokens
 
-    cfg = preset("tiny-scout")  # chunk 32
-    cache = KVCache(cfg, num_blocks=64, block_size=4, dtype=torch.float32, device="cpu", allocate=False)
-    seqs, ends = [SeqBlocks(), SeqBlocks(), SeqBlocks()], [1, 45, 7]
-    for seq, end in zip(seqs, ends):
-        for start in range(0, end, 3):  # grow as prefill + decode pieces would, never across a chunk
-            stop = min(end, start + 3, (start // cfg.attention_chunk_size + 1) * cfg.attention_chunk_size)
-            cache.reserve(seq, start, stop)
-            if stop < min(end, start + 3):
-                cache.reserve(seq, stop, min(end, start + 3))
-    for kind in cache.kinds:
-        slots, pos = cache.read_maps(seqs, kind, ends)
-        for b, (seq, end) in enumerate(zip(seqs, ends)):
-            r = cache.visible_range(seq, kind, end)
-            assert pos[b, :len(r)].tolist() == list(r) and (pos[b, len(r):] == -1).all()
-            assert slots[b, :len(r)].tolist() == cache.slots(seq, kind, r)
+    assert batched_tokens(EngineArgs(model="tiny-scout", max_num_seqs=4096)) == 4096  # the default grows with it

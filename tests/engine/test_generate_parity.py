@@ -55,6 +55,6 @@ def test_chunked_prefill_and_tiny_budget_match(checkpoint):
     """A prompt split into many prefill pieces (budget 3 tokens) gives the same tokens."""
     folder, hf = checkpoint
     prompt = _prompts()[2]
-    llm = LLM(str(folder), block_size=3, max_num_batched_tokens=3)
+    llm = LLM(str(folder), block_size=3, max_num_batched_tokens=3, max_num_seqs=3)
     out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True))[0]
     assert out.outputs[0].token_ids == _hf_greedy(hf, prompt)

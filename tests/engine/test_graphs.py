@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from amd_llama4.engine.graphs import DecodeGraphs, batch_buckets
-from amd_llama4.engine.paged_decode import DecodeInputs
+from amd_llama4.engine.step_inputs import StepInputs
 
 from paged_decode_helpers import PROMPTS, RecordingGraphs, drive
 
@@ -20,7 +20,7 @@ def test_batch_buckets():
 
 
 def _inputs(batch, widths, fill):
-    x = DecodeInputs.empty(["global", "chunked"], batch, widths, torch.device("cpu"))
+    x = StepInputs.empty(["global", "chunked"], batch, widths, torch.device("cpu"))
     for t in x._fields():
         t.fill_(fill)
     return x
@@ -31,14 +31,14 @@ def _graphs(calls):
 
     def forward(x):  # a step whose output depends on every input buffer
         calls.append(x.batch)
-        out = x.ids.float() + x.positions + x.q_pos[:, None] + x.src[:, None]
+        out = (x.ids.float() + x.positions + x.q_pos + x.src + x.last + x.cu_seqlens[1:])[:, None]
         for d in (x.tables, x.seq_lens, x.first_pos, x.slots):
             for t in d.values():
                 out = out + t.reshape(x.batch, -1).sum(1, keepdim=True)
         return out  # [B, 1]
 
     backend = RecordingGraphs()
-    buffers = DecodeInputs.empty(["global", "chunked"], 8, widths, torch.device("cpu"))
+    buffers = StepInputs.empty(["global", "chunked"], 8, widths, torch.device("cpu"))
     return DecodeGraphs(forward, buffers, batch_buckets(8), backend), backend, widths
 
 
@@ -46,8 +46,8 @@ def test_bucket_choice_capture_and_replay_from_static_buffers():
     calls = []
     g, backend, widths = _graphs(calls)
     assert [g.bucket_for(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
-    # every input scalar of a row adds once: 4 plain fields, tables 5 + 2 wide, 3 more dicts x 2 kinds
-    per_row = 4 + (5 + 2) + 3 * 2
+    # every input scalar of a row adds once: 6 plain fields, tables 5 + 2 wide, 3 more dicts x 2 kinds
+    per_row = 6 + (5 + 2) + 3 * 2
     out = g.run(_inputs(4, widths, 1))
     assert calls == [4, 4, 4] and backend.replays == 1  # warm-up, capture, replay
     torch.testing.assert_close(out, torch.full((4, 1), 1.0 * per_row))
@@ -69,7 +69,7 @@ def test_run_rejects_non_bucket_batches_and_wrong_widths():
     with pytest.raises(ValueError, match="shape"):
         g.run(_inputs(4, {"global": 4, "chunked": 2}, 1))
     with pytest.raises(ValueError, match="largest bucket"):
-        DecodeGraphs(lambda x: x.ids, DecodeInputs.empty(["global"], 4, {"global": 1}, torch.device("cpu")),
+        DecodeGraphs(lambda x: x.ids, StepInputs.empty(["global"], 4, {"global": 1}, torch.device("cpu")),
                      [1, 2, 4, 8], RecordingGraphs())
 
 
@@ -84,13 +84,11 @@ def test_cuda_graphs_match_eager_on_gpu(moe):
 
     cfg = preset("tiny-scout", attention_chunk_size=8, num_local_experts=4, **({} if moe else {"moe_layers": []}))
     model = Llama4ForCausalLM(cfg).init_random(seed=3, std=0.08).to("cuda", torch.bfloat16).eval()
-    caches = [KVCache(cfg, 40, 16, torch.bfloat16, "cuda") for _ in range(3)]
-    runners = [ModelRunner(model, caches[0], "cuda", paged_decode=False),
-               ModelRunner(model, caches[1], "cuda", enforce_eager=True, max_num_seqs=4, max_model_len=128),
-               ModelRunner(model, caches[2], "cuda", max_num_seqs=4, max_model_len=128)]
-    assert runners[1].paged_decode and runners[1].graphs is None and runners[2].graphs is not None
-    dense, eager, graphed = drive(model, list(zip(runners, caches)), PROMPTS, 12, drop_after={6: 1})
-    for a, b, c in zip(dense, eager, graphed):
-        torch.testing.assert_close(c, b, atol=1e-3, rtol=1e-3)  # same kernels, replayed
-        torch.testing.assert_close(b, a, atol=5e-2, rtol=5e-2)  # paged vs gathered keys, bf16
-    assert sorted(runners[2].graphs.graphs) == [2, 4]
+    caches = [KVCache(cfg, 40, 16, torch.bfloat16, "cuda") for _ in range(2)]
+    runners = [ModelRunner(model, caches[0], "cuda", enforce_eager=True, max_num_seqs=4, max_model_len=128),
+               ModelRunner(model, caches[1], "cuda", max_num_seqs=4, max_model_len=128)]
+    assert runners[0].graphs is None and runners[1].graphs is not None
+    eager, graphed = drive(model, list(zip(runners, caches)), PROMPTS, 12, drop_after={6: 1})
+    for a, b in zip(eager, graphed):
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)  # same kernels, replayed
+    assert sorted(runners[1].graphs.graphs) == [2, 4]

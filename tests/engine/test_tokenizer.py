@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from amd_llama4.engine.tokenizer import Tokenizer, byte_decoder, tiny_tokenizer_dir
+from amd_llama4.engine.tokenizer import Tokenizer, byte_decoder, count_image_parts, tiny_tokenizer_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SPECIALS = ["<|finetune_right_pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot|>", "<|eom|>",
             "<|header_start|>", "<|header_end|>", "<|python_start|>", "<|python_end|>"]
+IMAGE_SPECIALS = ["<|image_start|>", "<|image_end|>", "<|tile_x_separator|>", "<|tile_y_separator|>",
+                  "<|image|>", "<|patch|>"]  # ids 506..511
 TEXTS = [
     "Hello world! def f(x): return x + 1\n\tindented   spaces",
     "Grüße aus München — le café, déjà vu.",
@@ -29,7 +31,8 @@ def tok() -> Tokenizer:
 def test_tiny_layout(tok):
     assert tok.vocab_size == 512
     assert [tok.id_to_token(i) for i in range(9)] == SPECIALS
-    assert tok.all_special_ids == list(range(9))
+    assert [tok.id_to_token(i) for i in range(506, 512)] == IMAGE_SPECIALS
+    assert tok.all_special_ids == [*range(9), *range(506, 512)]
     assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_ids) == (1, 0, [2, 3, 4])
     base = {tok.id_to_token(i) for i in range(9, 265)}
     assert base == set(byte_decoder())  # ids 9..264: the 256 byte-level base tokens
@@ -108,13 +111,32 @@ def test_chat_template_exact(tok):
      "system message must come first"),
     ([{"role": "user", "content": 3}], "content"),
     ([{"role": "user"}], "content"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "image_url"),
+    ([{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "x"}}]}], "audio_url"),
     ([{"role": "user", "content": [{"type": "text", "text": None}]}], "text"),
     (["not a dict"], "dict"),
 ])
 def test_chat_template_validation(tok, msgs, match):
     with pytest.raises(ValueError, match=match):
         tok.apply_chat_template(msgs)
+
+
+def test_chat_template_image_parts(tok):
+    # One <|image|> per image part, in place, whether spelled HF's way or OpenAI's.
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"},
+                                         {"type": "image_url", "image_url": {"url": "data:,"}}, {"type": "text", "text": "?"}]}]
+    expected = ("<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image|>and<|image|>?<|eot|>"
+                "<|header_start|>assistant<|header_end|>\n\n")
+    assert tok.apply_chat_template(msgs) == expected
+    ids = tok.apply_chat_template(msgs, tokenize=True)
+    assert ids.count(tok.token_to_id("<|image|>")) == 2 == count_image_parts(msgs)
+    assert msgs[0]["content"][2]["type"] == "image_url"  # the caller's messages are not modified
+    assert tok.decode(ids) == "user\n\nand?assistant\n\n"  # image tokens are special: skipped
+
+
+def test_image_tokens_never_come_from_text(tok):
+    # Plain text that spells a marker only with a typo encodes as bytes, never as an image id.
+    ids = tok.encode("<|patch| <|image |> image patch", add_bos=False)
+    assert not set(ids) & set(range(506, 512))
 
 
 def _copy_tiny(dst: Path) -> Path:

@@ -92,7 +92,8 @@ def test_kv_cache_saturates_with_loaded_scales(fmt):
     v = torch.randn(7, 2, 32)
     slots = torch.arange(3, 10)
     cache.write(0, k, v, slots)
-    kr, vr = cache.read(0, slots)
+    kc, vc, ks, vs = cache.paged(0)  # fp8 pages [blocks, block, Hkv, D], static scales [Hkv]
+    kr, vr = (c.flatten(0, 1).float()[slots] * s[:, None] for c, s in ((kc, ks), (vc, vs)))
     fmax = ops.FP8_MAX[fmt]
     assert torch.equal(cache.scales[0, 0], torch.tensor([0.5, 0.25]))  # loaded, not recalibrated
     torch.testing.assert_close(kr.abs().amax(dim=(0, 2)), torch.tensor([0.5, 0.25]) * fmax)

@@ -78,10 +78,11 @@ class Worker:
         if self.runner is None:
             raise RuntimeError("Worker.execute before init_cache: the engine must size the KV cache first")
         items, rows, states = self.mirror.apply(msg)
-        logits = self.runner.execute(items)  # [B, V] on this rank's device; every rank joins the collectives
+        # every rank joins the collectives; only rank 0 samples, so only it runs the LM head, on the sampled rows
+        logits = self.runner.execute(items, rows=rows if self.rank == 0 else [])  # [len(rows), V]
         if self.rank != 0 or not rows:
             return None if self.rank != 0 else []
-        results = self.sampler(logits[rows] if len(rows) < len(items) else logits, states)
+        results = self.sampler(logits, states)
         for st, res in zip(states, results):  # the driver appends the same ids to its own states
             st.append(res.token_id)
         return results
