@@ -3,6 +3,8 @@ unset flags are left out, so EngineArgs' defaults (device/dtype "auto", ...) app
 Not a subcommand: the leading underscore keeps cli.py from registering it."""
 from __future__ import annotations
 
+import argparse
+
 # (flag, EngineArgs field, argparse options)
 _FLAGS = (
     ("--device", "device", dict(help="auto (the GPU torch sees: ROCm or CUDA, else cpu) | cpu | cuda[:N]")),
@@ -21,6 +23,9 @@ _FLAGS = (
      dict(type=int, help="KV cache bytes per GPU (or on CPU), instead of measuring free memory")),
     ("--enforce-eager", "enforce_eager", dict(action="store_true", default=None,
                                               help="GPU: no HIP/CUDA graphs for the decode step")),
+    ("--enable-prefix-caching", "enable_prefix_caching",
+     dict(action=argparse.BooleanOptionalAction,
+          help="reuse the KV blocks of prompt prefixes seen before (default on; --no-enable-prefix-caching: off)")),
     ("--tensor-parallel-size", "tensor_parallel_size", dict(type=int, help="GPUs per engine")),
     ("--expert-parallel", "expert_parallel", dict(action="store_true", default=None,
                                                   help="split MoE experts across tensor-parallel ranks")),

@@ -52,7 +52,7 @@ def split_args(args: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, A
             continue
         if key in APP_OPTIONS:
             app_options[key] = APP_OPTIONS[key](value)
-        elif key in ("expert_parallel", "enforce_eager"):
+        elif key in ("expert_parallel", "enforce_eager", "enable_prefix_caching"):
             engine_args[key] = _as_bool(value)
         else:
             engine_args[key] = _ENGINE_ARG_TYPES.get(key, lambda x: x)(value)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import anyio
 
-from amd_llama4.engine.outputs import Logprob, RequestOutput
+from amd_llama4.engine.outputs import Logprob, OutputAccumulator, RequestOutput
 from amd_llama4.engine.sampling_params import SamplingParams
 from amd_llama4.serve.metrics import ServeMetrics
 from amd_llama4.serve.protocol import APIError
@@ -26,6 +26,9 @@ class ClientGone(Exception):
 
 
 class Generation:
+    """The engine streams DELTA outputs (only each choice's new tokens per step); `acc` merges them
+    for the final (non-streamed) response and usage."""
+
     def __init__(self, engine: Any, prompt_ids: list[int], params: SamplingParams, request_id: str, *,
                  deadline: float, arrival: float, metrics: ServeMetrics,
                  on_engine_dead: Callable[[Any], None]) -> None:
@@ -36,12 +39,14 @@ class Generation:
         self._agen: Any = engine.generate(prompt_ids, params, request_id)
         self.done = False  # the engine finished (or refused) the request: nothing to abort
         self.closed = False
-        self.num_generated = 0
-        self._last_token_t = arrival
+        self.acc = OutputAccumulator()
+        self.num_generated = 0  # tokens over all choices
+        self._last_token_t: dict[int, float] = {}  # choice index -> time of its latest token
         metrics.prompt_tokens.inc(self.prompt_len)
 
     async def next(self) -> RequestOutput | None:
-        """The next cumulative output; None when the engine's stream ended. Raises APIError."""
+        """The next engine output (new tokens of one or more choices); None when the engine's
+        stream ended. Raises APIError."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise APIError(504, "request timed out", type="server_error", code="timeout")
@@ -61,11 +66,19 @@ class Generation:
             log.error("request %s: engine failure: %s", self.request_id, e)
             raise APIError(503, "the engine failed; retry later", type="server_error",
                            code="engine_unavailable") from None
+        self.acc.add(out)
         self._record(out)
-        if out.finished or (out.outputs and out.outputs[0].finished):
+        if out.finished:
             self.done = True
             self._check_failed(out)
         return out
+
+    def result(self) -> RequestOutput:
+        """The whole request (the params.n best choices when best_of > n); after it finished."""
+        if self.acc.request is None or not self.acc.request.finished:
+            raise APIError(500, "the engine ended the request without a result", type="server_error",
+                           code="engine_error")
+        return self.acc.result(self.params.n)
 
     async def _step_before(self, remaining: float) -> RequestOutput:
         if hasattr(asyncio, "timeout"):  # 3.11+: unlike wait_for, never swallows an outside cancel
@@ -79,31 +92,33 @@ class Generation:
         return await self._agen.__anext__()
 
     def _record(self, out: RequestOutput) -> None:
-        if not out.outputs:
-            return
-        n = len(out.outputs[0].token_ids)
-        new = n - self.num_generated
-        if new <= 0:
-            return
         now = time.monotonic()
-        if self.num_generated == 0:
-            self.metrics.ttft.observe(now - self.arrival)
-            new_after_first, gap = new - 1, now - self._last_token_t
-        else:
-            new_after_first, gap = new, now - self._last_token_t
-        for _ in range(new_after_first):  # a step that yields k tokens spreads its time over them
-            self.metrics.itl.observe(gap / new)
-        self.metrics.generation_tokens.inc(new)
-        self.num_generated, self._last_token_t = n, now
+        for c in out.outputs:
+            new = len(c.token_ids)
+            if new <= 0:
+                continue
+            last = self._last_token_t.get(c.index)
+            if self.num_generated == 0:
+                self.metrics.ttft.observe(now - self.arrival)
+            # a choice's first token ends its time to first token; a step that yields k tokens
+            # spreads its time over them
+            new_after_first = new - 1 if last is None else new
+            gap = now - (self.arrival if last is None else last)
+            for _ in range(new_after_first):
+                self.metrics.itl.observe(gap / new)
+            self.metrics.generation_tokens.inc(new)
+            self.num_generated += new
+            self._last_token_t[c.index] = now
 
     def _check_failed(self, out: RequestOutput) -> None:
-        reason = out.outputs[0].finish_reason if out.outputs else None
         self.metrics.e2e.observe(time.monotonic() - self.arrival)
-        self.metrics.finished.labels(str(reason or ("error" if out.error else "none"))).inc()
-        if out.error or reason == "error":
+        reasons = [c.finish_reason for c in self.acc.outputs(self.params.n)]
+        for reason in reasons or [None]:
+            self.metrics.finished.labels(str(reason or ("error" if out.error else "none"))).inc()
+        if out.error or "error" in reasons:
             log.error("request %s failed in the engine: %s", self.request_id, out.error)
             raise APIError(500, "the engine failed this request", type="server_error", code="engine_error")
-        if reason == "abort":
+        if "abort" in reasons:
             raise APIError(503, "the engine aborted this request", type="server_error", code="aborted")
 
     async def watched(self, request: Any, coro: Any) -> Any:
@@ -128,14 +143,10 @@ class Generation:
                         await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
 
     async def run_to_end(self) -> RequestOutput:
-        last = None
+        """Steps until the request is done; -> the whole request (see `result`)."""
         while not self.done:
-            out = await self.next()
-            last = out if out is not None else last
-        if last is None or not (last.finished or (last.outputs and last.outputs[0].finished)):  # stream ended early
-            raise APIError(500, "the engine ended the request without a result", type="server_error",
-                           code="engine_error")
-        return last
+            await self.next()
+        return self.result()
 
     async def close(self) -> None:
         """Idempotent. Aborts the request in the engine unless it finished there; shielded so a

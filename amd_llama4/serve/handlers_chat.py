@@ -24,36 +24,33 @@ def add_chat_routes(app: FastAPI, state: State) -> None:
         created = int(time.time())
 
         def render_final(out: Any) -> dict:
-            c = out.outputs[0]
-            lps = chat_logprobs(c.logprobs or [], text_of) if body.logprobs else None
-            return P.ChatCompletionResponse(
-                id=gen.request_id, created=created, model=model, usage=usage(gen, out),
-                choices=[{"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": lps,
-                          "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}],
-            ).model_dump(mode="json")
+            choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                        "logprobs": chat_logprobs(c.logprobs or [], text_of) if body.logprobs else None,
+                        "finish_reason": c.finish_reason, "stop_reason": c.stop_reason} for c in out.outputs]
+            return P.ChatCompletionResponse(id=gen.request_id, created=created, model=model, usage=usage(gen, out),
+                                            choices=choices).model_dump(mode="json")
 
-        def chunk(delta: dict, lps: Any, finish: Any, usage_: Any = None, choices: bool = True) -> str:
+        def chunk(index: int, delta: dict, lps: Any, finish: Any, usage_: Any = None, choices: bool = True) -> str:
             obj: dict[str, Any] = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created,
                                    "model": model,
-                                   "choices": [{"index": 0, "delta": delta, "logprobs": lps,
+                                   "choices": [{"index": index, "delta": delta, "logprobs": lps,
                                                 "finish_reason": finish}] if choices else []}
             if body.include_usage():
                 obj["usage"] = usage_
             return sse(obj)
 
         async def stream_chunks(first: Any) -> AsyncIterator[str]:
-            last = first
             try:
-                yield chunk({"role": "assistant", "content": ""}, None, None)
-                async for out, delta, new_lps, _, finish in deltas(gen, first):
-                    last = out
-                    lps = chat_logprobs(new_lps, text_of) if body.logprobs else None
-                    if delta or new_lps:
-                        yield chunk({"content": delta}, lps, None)
-                    if finish:
-                        yield chunk({}, None, finish)
+                for i in range(gen.params.n):  # every choice opens with its role (as OpenAI, vLLM)
+                    yield chunk(i, {"role": "assistant", "content": ""}, None, None)
+                async for c, _ in deltas(gen, first):
+                    lps = chat_logprobs(c.logprobs or [], text_of) if body.logprobs else None
+                    if c.text or c.logprobs:
+                        yield chunk(c.index, {"content": c.text}, lps, None)
+                    if c.finish_reason:
+                        yield chunk(c.index, {}, None, c.finish_reason)
                 if body.include_usage():
-                    yield chunk({}, None, None, usage_=usage(gen, last), choices=False)
+                    yield chunk(0, {}, None, None, usage_=usage(gen), choices=False)
             except APIError as e:
                 yield error_chunk(e)
             yield DONE

@@ -210,11 +210,7 @@ async def respond(request: Request, body: P._SamplingFields, slot: Slot, gen: Ge
             handed_off = True
             headers = dict(_STREAM_HEADERS, **{"X-Request-Id": gen.request_id})
             return _EngineStream(stream_chunks(first), cleanup, headers)
-        final = first
-        if not gen.done:
-            final = await gen.watched(request, gen.run_to_end())
-        elif final is None:
-            raise APIError(500, "the engine ended the request without a result", type="server_error")
+        final = await gen.watched(request, gen.run_to_end()) if not gen.done else gen.result()
         return JSONResponse(render_final(final), headers={"X-Request-Id": gen.request_id})
     except ClientGone:
         return Response(status_code=499)
@@ -223,29 +219,27 @@ async def respond(request: Request, body: P._SamplingFields, slot: Slot, gen: Ge
             await cleanup()
 
 
-def _is_finished(out: Any) -> bool:
-    return out is not None and bool(out.finished or (out.outputs and out.outputs[0].finished))
-
-
-async def deltas(gen: Generation, first: Any) -> AsyncIterator[tuple[Any, str, list, int, Any]]:
-    """(output, new text, new logprob entries, text length already sent, finish_reason) per engine
-    output, until the request is done; an unfinished end is a server error."""
-    sent_text, sent_lps, out, last = 0, 0, first, first
+async def deltas(gen: Generation, first: Any) -> AsyncIterator[tuple[Any, int]]:
+    """(a choice's new part: a DELTA CompletionOutput, that choice's text length already sent) per
+    engine output, until the request is done; an unfinished end is a server error."""
+    sent: dict[int, int] = {}
+    out, finished = first, False
     while out is not None:
-        last = out
-        c = out.outputs[0] if out.outputs else None
-        if c is not None:
-            yield out, c.text[sent_text:], (c.logprobs or [])[sent_lps:], sent_text, c.finish_reason
-            sent_text, sent_lps = len(c.text), len(c.logprobs or [])
+        finished = out.finished
+        for c in out.outputs:
+            offset = sent.get(c.index, 0)
+            yield c, offset
+            sent[c.index] = offset + len(c.text)
         if gen.done:
             break
         out = await gen.next()
-    if not _is_finished(last):
+    if not finished:
         raise APIError(500, "the engine ended the request without a result", type="server_error")
 
 
-def usage(gen: Generation, out: Any) -> dict[str, int]:
-    n = len(out.outputs[0].token_ids) if out is not None and out.outputs else gen.num_generated
+def usage(gen: Generation, final: Any = None) -> dict[str, int]:
+    """The prompt once; completion tokens summed over the returned choices."""
+    n = sum(len(c.token_ids) for c in final.outputs) if final is not None else gen.num_generated
     return {"prompt_tokens": gen.prompt_len, "completion_tokens": n, "total_tokens": gen.prompt_len + n}
 
 

@@ -22,35 +22,30 @@ def add_completion_routes(app: FastAPI, state: State) -> None:
         text_of = TokenText(engine.tokenizer)
         created = int(time.time())
 
-        def choice(out: Any, text: str, lps: Any, finish: Any) -> dict:
-            c = out.outputs[0] if out.outputs else None
-            return {"index": 0, "text": text, "logprobs": lps, "finish_reason": finish,
-                    "stop_reason": c.stop_reason if c is not None and finish else None}
+        def choice(c: Any, lps: Any) -> dict:
+            return {"index": c.index, "text": c.text, "logprobs": lps, "finish_reason": c.finish_reason,
+                    "stop_reason": c.stop_reason if c.finish_reason else None}
 
         def render_final(out: Any) -> dict:
-            c = out.outputs[0]
-            lps = (completion_logprobs(c.logprobs or [], text_of, 0)
-                   if body.logprobs is not None else None)
-            return P.CompletionResponse(id=gen.request_id, created=created, model=model,
-                                        choices=[choice(out, c.text, lps, c.finish_reason)],
+            choices = [choice(c, completion_logprobs(c.logprobs or [], text_of, 0)
+                              if body.logprobs is not None else None) for c in out.outputs]
+            return P.CompletionResponse(id=gen.request_id, created=created, model=model, choices=choices,
                                         usage=usage(gen, out)).model_dump(mode="json")
 
         async def stream_chunks(first: Any) -> AsyncIterator[str]:
-            last = first
             try:
-                async for out, delta, new_lps, sent_text, finish in deltas(gen, first):
-                    last = out
-                    lps = (completion_logprobs(new_lps, text_of, sent_text)
+                async for c, sent_text in deltas(gen, first):
+                    lps = (completion_logprobs(c.logprobs or [], text_of, sent_text)
                            if body.logprobs is not None else None)
-                    if delta or finish or new_lps:
+                    if c.text or c.finish_reason or c.logprobs:
                         chunk = {"id": gen.request_id, "object": "text_completion", "created": created,
-                                 "model": model, "choices": [choice(out, delta, lps, finish)]}
+                                 "model": model, "choices": [choice(c, lps)]}
                         if body.include_usage():
                             chunk["usage"] = None
                         yield sse(chunk)
                 if body.include_usage():
                     yield sse({"id": gen.request_id, "object": "text_completion", "created": created,
-                               "model": model, "choices": [], "usage": usage(gen, last)})
+                               "model": model, "choices": [], "usage": usage(gen)})
             except APIError as e:
                 yield error_chunk(e)
             yield DONE

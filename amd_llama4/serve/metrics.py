@@ -40,6 +40,11 @@ class ServeMetrics:
         self.kv_total = Gauge(p + "kv_cache_blocks_total", "KV cache blocks", registry=r)
         self.running = Gauge(p + "num_requests_running", "Requests the engine is running", registry=r)
         self.waiting = Gauge(p + "num_requests_waiting", "Requests waiting in the engine", registry=r)
+        # vLLM's prefix_cache_queries / prefix_cache_hits (tokens); the engine reports running totals
+        self.prefix_queries = Counter(p + "prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                      registry=r)
+        self.prefix_hits = Counter(p + "prefix_cache_hits", "Prompt tokens found in the prefix cache", registry=r)
+        self._engine_totals: dict[str, float] = {}
 
     def count_request(self, path: str, status: int) -> None:
         self.requests.labels(path if path in KNOWN_PATHS else "other", str(status)).inc()
@@ -52,6 +57,13 @@ class ServeMetrics:
                            (self.waiting, "num_waiting")):
             if isinstance(stats.get(key), (int, float)):
                 gauge.set(stats[key])
+        for counter, key in ((self.prefix_queries, "prefix_cache_queries"), (self.prefix_hits, "prefix_cache_hits")):
+            total = stats.get(key)
+            if isinstance(total, (int, float)):
+                before = self._engine_totals.get(key, 0)
+                # a rebuilt engine restarts from 0: its whole total is new
+                counter.inc(total - before if total >= before else total)
+                self._engine_totals[key] = total
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

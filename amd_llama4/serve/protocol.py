@@ -9,14 +9,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from amd_llama4.engine.sampling_params import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, SamplingParams
+from amd_llama4.engine.sampling_params import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, RequestOutputKind, SamplingParams
 
 MAX_STOP_STRING_CHARS = 512
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's own limit
 INT64_MAX = 2**63 - 1
+MAX_N = 128  # samples per request (n, best_of): each is a sequence in the engine's batch
 
 
 class APIError(Exception):
@@ -88,7 +89,7 @@ class _SamplingFields(_Model):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1, le=1_000_000, description="-1 or 0 = off")
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    n: int | None = Field(None, ge=1, le=MAX_N, description="choices to return")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -150,10 +151,18 @@ class _SamplingFields(_Model):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def samples(self) -> tuple[int, int | None]:
+        """(n, best_of) of this request; only /v1/completions has best_of."""
+        return self.n or 1, getattr(self, "best_of", None)
+
     def to_sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
-        """Raises APIError(400) for combinations SamplingParams rejects."""
+        """Raises APIError(400) for combinations SamplingParams rejects. The server consumes DELTA
+        outputs: each engine step hands over only the new tokens."""
+        n, best_of = self.samples()
         kwargs: dict[str, Any] = dict(
-            n=1,
+            n=n,
+            best_of=best_of,
+            output_kind=RequestOutputKind.DELTA,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_k=self.top_k or 0,
             top_p=1.0 if self.top_p is None else self.top_p,
@@ -193,7 +202,8 @@ class CompletionRequest(_SamplingFields):
     max_tokens: int | None = Field(16, ge=1, le=INT64_MAX)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = Field(False, description="only false is supported")
-    best_of: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="samples generated (>= n); the n with the "
+                                "highest cumulative logprob are returned; not with stream=true")
     suffix: str | None = Field(None, max_length=0, description="not supported")
 
     @field_validator("prompt")
@@ -208,6 +218,16 @@ class CompletionRequest(_SamplingFields):
                 raise ValueError("the prompt is empty")
             if any(t < 0 or t > INT64_MAX for t in v):
                 raise ValueError("token ids must be non-negative")
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _check_best_of(cls, v: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n") or 1  # fields are validated in order: n and stream come first
+        if v is not None and v < n:
+            raise ValueError(f"{v} must be >= n ({n})")
+        if v is not None and v > n and info.data.get("stream"):
+            raise ValueError("best_of > n cannot be streamed (the n best are known only at the end)")
         return v
 
     @field_validator("echo")

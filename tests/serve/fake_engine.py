@@ -1,5 +1,6 @@
 """A fake AsyncEngine for the serving tests: byte-level tokenizer, deterministic output, KV block
-accounting, stop strings/ids, logprobs, abort, and a `die()` switch.
+accounting, stop strings/ids, logprobs, n/best_of samples, DELTA or CUMULATIVE outputs (as the real
+engine, SamplingParams.output_kind), abort, and a `die()` switch.
 
 Importable as `fake_engine` (tests/serve is on sys.path under pytest); the Ray test passes the
 factory string "fake_engine:FakeEngine.from_config" with tests/serve on PYTHONPATH."""
@@ -10,8 +11,8 @@ import math
 import time
 from typing import Any, AsyncIterator
 
-from amd_llama4.engine.outputs import CompletionOutput, Logprob, RequestOutput
-from amd_llama4.engine.sampling_params import SamplingParams
+from amd_llama4.engine.outputs import CompletionOutput, Logprob, RequestOutput, select_best
+from amd_llama4.engine.sampling_params import RequestOutputKind, SamplingParams
 
 REPLY = "The quick brown fox jumps over the lazy dog. "
 
@@ -67,6 +68,9 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.params: dict[str, SamplingParams] = {}
         self._blocks: dict[str, int] = {}  # request id -> KV blocks held
+        # prefix cache: a prompt seen before hits its full blocks (tokens, as the engine counts)
+        self._seen_prompts: set[tuple[int, ...]] = set()
+        self.prefix_queries = self.prefix_hits = 0
 
     @classmethod
     def from_config(cls, **engine_args: Any) -> "FakeEngine":
@@ -86,7 +90,8 @@ class FakeEngine:
     def stats(self) -> dict[str, Any]:
         used = self.kv_blocks_used
         return {"num_running": len(self._blocks), "num_waiting": 0, "kv_blocks_used": used,
-                "kv_blocks_total": self.kv_blocks_total, "kv_usage": used / self.kv_blocks_total}
+                "kv_blocks_total": self.kv_blocks_total, "kv_usage": used / self.kv_blocks_total,
+                "prefix_cache_queries": self.prefix_queries, "prefix_cache_hits": self.prefix_hits}
 
     async def check_health(self) -> None:
         if self.dead:
@@ -119,44 +124,95 @@ class FakeEngine:
             raise ValueError(f"duplicate request id {request_id}")
         self.started.append(request_id)
         self.params[request_id] = params
-        self._blocks[request_id] = math.ceil(len(prompt_ids) / self.block_size)
-        ids: list[int] = []
-        lps: list[tuple[Logprob, list[Logprob]]] | None = [] if params.logprobs is not None else None
+        self.prefix_queries += len(prompt_ids)
+        if tuple(prompt_ids) in self._seen_prompts:
+            self.prefix_hits += len(prompt_ids) // self.block_size * self.block_size
+        self._seen_prompts.add(tuple(prompt_ids))
+        samples = [_Sample(i, params, self) for i in range(params.num_samples)]
+        prompt_blocks = len(prompt_ids) // self.block_size  # full prompt blocks: held once (prefix cache)
+        self._blocks[request_id] = prompt_blocks + len(samples)
         limit = params.max_tokens or (self.max_model_len - len(prompt_ids))
+        delta = params.output_kind is RequestOutputKind.DELTA
+        text_prompt = prompt if isinstance(prompt, str) else None
         try:
             while True:
-                delay = 3600.0 if self.stall_after is not None and len(ids) >= self.stall_after else self.step_delay_s
+                running = [s for s in samples if s.finish is None]
+                delay = (3600.0 if self.stall_after is not None and len(running[0].ids) >= self.stall_after
+                         else self.step_delay_s)
                 await self._wait_step(request_id, delay)
                 if request_id not in self._blocks:  # aborted
-                    out = CompletionOutput(0, self.tokenizer.decode(ids), list(ids), "abort")
-                    yield RequestOutput(request_id, None, prompt_ids, [out], finished=True)
+                    for s in running:
+                        s.finish = "abort"
+                    outs = [s.output(delta) for s in (running if delta else samples)]
+                    yield RequestOutput(request_id, text_prompt, prompt_ids, outs, finished=True)
                     return
-                finish, stop_reason = None, None
-                for _ in range(self.tokens_per_step):
-                    tok = self.reply_ids[len(ids) % len(self.reply_ids)]
-                    ids.append(tok)
-                    if lps is not None:
-                        alts = [Logprob(tok, -0.25)] + [Logprob(3 + ord("a") + k, -1.0 - k) for k in range(params.logprobs - 1)]
-                        lps.append((Logprob(tok, -0.25), alts[: params.logprobs]))
-                    if tok in params.stop_token_ids:
-                        finish, stop_reason = "stop", tok
-                    elif len(ids) >= limit:
-                        finish = "length"
-                    if finish:
-                        break
-                text = self.tokenizer.decode(ids)
-                for s in params.stop:
-                    if s in text:
-                        text, finish, stop_reason = text[: text.index(s)], "stop", s
-                        break
-                self._blocks[request_id] = math.ceil((len(prompt_ids) + len(ids)) / self.block_size)
-                out = CompletionOutput(0, text, list(ids), finish, stop_reason, list(lps) if lps is not None else None)
-                yield RequestOutput(request_id, prompt if isinstance(prompt, str) else None, prompt_ids, [out],
-                                    finished=finish is not None)
-                if finish:
+                for s in running:
+                    s.step(limit)
+                self._blocks[request_id] = prompt_blocks + sum(
+                    math.ceil((len(prompt_ids) + len(s.ids)) / self.block_size) - prompt_blocks for s in samples)
+                done = all(s.finish is not None for s in samples)
+                if delta:  # one output per sample that moved, as the real engine
+                    for k, s in enumerate(running):
+                        yield RequestOutput(request_id, text_prompt, prompt_ids, [s.output(True)],
+                                            finished=done and k == len(running) - 1)
+                else:
+                    outs = [s.output(False) for s in samples]
+                    yield RequestOutput(request_id, text_prompt, prompt_ids,
+                                        select_best(outs, params.n) if done else outs, finished=done)
+                if done:
                     return
         finally:
             self._blocks.pop(request_id, None)
+
+
+class _Sample:
+    """One sample of a FakeEngine request: sample i replies REPLY starting i bytes in, with logprob
+    -0.25 * (i + 1) per token (so best_of keeps the lowest indices)."""
+
+    def __init__(self, index: int, params: SamplingParams, engine: FakeEngine) -> None:
+        self.index, self.params, self.engine = index, params, engine
+        self.ids: list[int] = []
+        self.lps: list | None = [] if params.logprobs is not None else None
+        self.finish: str | None = None
+        self.stop_reason: Any = None
+        self.text = ""
+        self.sent_ids = self.sent_text = self.sent_lps = 0
+
+    def step(self, limit: int) -> None:
+        p, reply = self.params, self.engine.reply_ids
+        for _ in range(self.engine.tokens_per_step):
+            tok = reply[(len(self.ids) + self.index) % len(reply)]
+            self.ids.append(tok)
+            if self.lps is not None:
+                lp = -0.25 * (self.index + 1)
+                alts = [Logprob(tok, lp)] + [Logprob(3 + ord("a") + k, -1.0 - k) for k in range(p.logprobs - 1)]
+                self.lps.append((Logprob(tok, lp), alts[: p.logprobs]))
+            if tok in p.stop_token_ids:
+                self.finish, self.stop_reason = "stop", tok
+            elif len(self.ids) >= limit:
+                self.finish = "length"
+            if self.finish:
+                break
+        self.text = self.engine.tokenizer.decode(self.ids)
+        for stop in p.stop:
+            if stop in self.text:
+                self.text, self.finish, self.stop_reason = self.text[: self.text.index(stop)], "stop", stop
+                break
+
+    def output(self, delta: bool) -> CompletionOutput:
+        cum = -0.25 * (self.index + 1) * len(self.ids)
+        if not delta:
+            return CompletionOutput(self.index, self.text, list(self.ids), self.finish, self.stop_reason,
+                                    list(self.lps) if self.lps is not None else None, cum)
+        end = len(self.text)
+        if self.finish is None:  # hold back a tail that may still become a stop string (as the engine)
+            end -= max((k for stop in self.params.stop for k in range(1, len(stop))
+                        if self.text.endswith(stop[:k])), default=0)
+        out = CompletionOutput(self.index, self.text[self.sent_text:end], self.ids[self.sent_ids:], self.finish,
+                               self.stop_reason, self.lps[self.sent_lps:] if self.lps is not None else None, cum)
+        self.sent_ids, self.sent_text = len(self.ids), max(self.sent_text, end)
+        self.sent_lps = len(self.lps) if self.lps is not None else 0
+        return out
 
 
 def expected_text(n: int) -> str:

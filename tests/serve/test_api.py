@@ -202,6 +202,11 @@ def test_health_and_metrics(make_app):
     assert value("amd_llama4_kv_cache_blocks_total") == 1024
     assert value("amd_llama4_kv_cache_usage_ratio") == 0
     assert value('amd_llama4_request_finished_total{reason="length"}') == 3
+    # the same 4-token prompt 3 times, block size 4: the 2 repeats hit their one full block
+    assert value("amd_llama4_prefix_cache_queries_total") == 3 * 4
+    assert value("amd_llama4_prefix_cache_hits_total") == 2 * 4
+    assert _get(app, "/metrics").status_code == 200  # a second scrape adds nothing new
+    assert re.search(r"^amd_llama4_prefix_cache_hits_total 8.0$", _get(app, "/metrics").text, re.M)
 
 
 def test_not_found_and_method_not_allowed_are_openai_errors(make_app):

@@ -21,6 +21,17 @@ def test_serve_parser_registered():
     assert args.host == "127.0.0.1" and args.port == 9000 and args.func.__module__ == "amd_llama4.commands.serve"
 
 
+def test_prefix_caching_flag():
+    from amd_llama4.cli import build_parser
+    from amd_llama4.commands._engine_flags import engine_kwargs
+
+    for cmd in (["serve", "--model", "m"], ["generate", "--model", "m", "hi"]):
+        parse = build_parser().parse_args
+        assert "enable_prefix_caching" not in engine_kwargs(parse(cmd))  # EngineArgs' default applies
+        assert engine_kwargs(parse(cmd + ["--no-enable-prefix-caching"]))["enable_prefix_caching"] is False
+        assert engine_kwargs(parse(cmd + ["--enable-prefix-caching"]))["enable_prefix_caching"] is True
+
+
 def test_serve_no_ray_process():
     httpx = need("httpx")
     with socket.socket() as s:

@@ -114,3 +114,56 @@ def test_16_concurrent_streams_all_finish(server):
         assert lines[-1] == "data: [DONE]"
     engine = server.factory.engine
     assert engine.kv_blocks_used == 0 and engine.aborted == []
+
+
+def _by_index(chunks, field):
+    texts: dict[int, str] = {}
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (field(ch) or "")
+    return texts
+
+
+def test_n4_completion_and_chat(server):
+    """n=4 (fake engine: sample i replies REPLY from byte i): 4 choices, usage counts the prompt once."""
+    c = _client(server)
+    r = c.completions.create(model="fake-llama4", prompt="Say hi", max_tokens=5, n=4, seed=1)
+    assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+    texts = [ch.text for ch in r.choices]
+    assert texts == [(expected_text(9))[i:i + 5] for i in range(4)] and len(set(texts)) == 4
+    assert r.usage.prompt_tokens == 7 and r.usage.completion_tokens == 4 * 5 and r.usage.total_tokens == 27
+    params = server.factory.engine.params[r.id]
+    assert (params.n, params.best_of, params.seed) == (4, None, 1)
+
+    chat = c.chat.completions.create(model="fake-llama4", messages=[{"role": "user", "content": "hi"}],
+                                     max_tokens=3, n=4)
+    assert [ch.index for ch in chat.choices] == [0, 1, 2, 3]
+    assert [ch.message.content for ch in chat.choices] == [expected_text(7)[i:i + 3] for i in range(4)]
+    assert chat.usage.completion_tokens == 12
+
+
+def test_n4_streams(server):
+    c = _client(server)
+    chunks = list(c.completions.create(model="fake-llama4", prompt="x", max_tokens=6, n=4, stream=True,
+                                       stream_options={"include_usage": True}))
+    assert _by_index(chunks, lambda ch: ch.text) == {i: expected_text(10)[i:i + 6] for i in range(4)}
+    finishes = [(ch.index, ch.finish_reason) for k in chunks for ch in k.choices if ch.finish_reason]
+    assert sorted(finishes) == [(i, "length") for i in range(4)]
+    assert chunks[-1].usage.completion_tokens == 24 and chunks[-1].usage.prompt_tokens == 2
+
+    chunks = list(c.chat.completions.create(model="fake-llama4", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=4, n=4, stream=True))
+    roles = [ch.index for k in chunks for ch in k.choices if ch.delta.role == "assistant"]
+    assert roles == [0, 1, 2, 3]
+    assert _by_index(chunks, lambda ch: ch.delta.content) == {i: expected_text(8)[i:i + 4] for i in range(4)}
+
+
+def test_best_of_returns_the_n_best(server):
+    # fake sample i has logprob -0.25 * (i + 1) per token: the best two are samples 0 and 1
+    r = _client(server).completions.create(model="fake-llama4", prompt="x", max_tokens=4, n=2, best_of=5)
+    assert [(ch.index, ch.text) for ch in r.choices] == [(0, expected_text(4)), (1, expected_text(5)[1:])]
+    assert r.usage.completion_tokens == 8
+    assert server.factory.engine.params[r.id].best_of == 5
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        _client(server).completions.create(model="fake-llama4", prompt="x", max_tokens=4, n=2, best_of=5,
+                                           stream=True)

@@ -27,6 +27,9 @@ def test_split_args_coerces_cli_strings():
     assert engine == {"model": "m", "tensor_parallel_size": 8, "expert_parallel": True, "max_model_len": 4096,
                       "kv_cache_dtype": "fp8"}
     assert app == {"max_queue": 32, "request_timeout_s": 5.0, "api_key": "k"}
+    assert split_args({"model": "m", "enable_prefix_caching": "false"})[0] == {"model": "m",
+                                                                           "enable_prefix_caching": False}
+    assert split_args({"model": "m", "enable_prefix_caching": True})[0]["enable_prefix_caching"] is True
     with pytest.raises(ValueError, match="model"):
         split_args({"tensor_parallel_size": 2})
     with pytest.raises(ValueError):

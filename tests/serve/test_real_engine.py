@@ -91,3 +91,35 @@ def test_prompt_longer_than_max_model_len_is_400(server):
     r = httpx.post(server.url + "/v1/completions", json={"model": "tiny-scout", "prompt": [5] * 600,
                                                          "max_tokens": 4}, timeout=30)
     assert r.status_code == 400 and "maximum context length is 512" in r.json()["error"]["message"]
+
+
+def test_n4_over_the_api_streamed_and_not(server):
+    """n=4 on the real engine: 4 different seeded choices; the stream carries the same 4; a
+    disconnect mid-stream frees every sample's blocks; /metrics has the prefix-cache counters."""
+    c = _client(server)
+    kw = dict(model="tiny-scout", prompt="Once upon a time", max_tokens=8, n=4, seed=7, temperature=1.0)
+    r = c.completions.create(**kw, extra_body={"ignore_eos": True})
+    assert [ch.index for ch in r.choices] == [0, 1, 2, 3] and len({ch.text for ch in r.choices}) > 1
+    assert r.usage.completion_tokens == 32 and r.usage.prompt_tokens == len(
+        server.engines[-1].tokenizer.encode("Once upon a time"))
+    texts: dict[int, str] = {}
+    for chunk in c.completions.create(**kw, stream=True, extra_body={"ignore_eos": True}):
+        for ch in chunk.choices:
+            texts[ch.index] = texts.get(ch.index, "") + ch.text
+    assert texts == {ch.index: ch.text for ch in r.choices}  # same seeds, same samples
+    chat = c.chat.completions.create(model="tiny-scout", messages=[{"role": "user", "content": "hi"}],
+                                     max_tokens=4, n=4, temperature=0)
+    assert len(chat.choices) == 4 and len({ch.message.content for ch in chat.choices}) == 1  # greedy
+    engine = server.engines[-1]
+    body = dict(kw, max_tokens=300, stream=True, ignore_eos=True)
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", server.url + "/v1/completions", json=body) as resp:
+            for i, _ in enumerate(resp.iter_lines()):
+                if i > 12:
+                    break
+    wait_until(lambda: engine.stats()["kv_blocks_used"] == 0 and engine.stats()["num_running"] == 0,
+               timeout=10, what="every sample of the aborted request freed")
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    hits = [float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith("amd_llama4_prefix_cache_hits_total")]
+    assert hits and hits[0] > 0  # the repeated prompt and the 3 children hit the cache
