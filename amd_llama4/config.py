@@ -21,6 +21,90 @@ class RopeScaling:
 
 
 @dataclass
+class Llama4VisionConfig:
+    """The vision tower of a multimodal Llama 4 config, field names as in HF `Llama4VisionConfig`.
+    Defaults are the released Scout / Maverick tower (HF's class defaults, hidden 768 with
+    intermediate 5632 and vision_output_dim 7680, do not fit together and build no working tower)."""
+
+    hidden_size: int = 1408
+    hidden_act: str = "gelu"
+    num_hidden_layers: int = 34
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    intermediate_size: int = 5632  # the pixel-shuffled width: hidden_size / pixel_shuffle_ratio**2
+    vision_output_dim: int = 4096
+    image_size: int = 336  # one tile, square
+    patch_size: int = 14
+    norm_eps: float = 1e-5
+    pixel_shuffle_ratio: float = 0.5
+    projector_input_dim: int = 4096
+    projector_output_dim: int = 4096
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size"):  # HF allows [h, w]; Llama 4 tiles are square
+            v = getattr(self, name)
+            if isinstance(v, (list, tuple)):
+                if len(v) != 2 or v[0] != v[1]:
+                    raise ValueError(f"Llama4VisionConfig.{name}: {v} must be square")
+                setattr(self, name, int(v[0]))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"Llama4VisionConfig.{name}: {why}")
+
+        if self.hidden_act != "gelu":
+            raise bad("hidden_act", f"{self.hidden_act!r} unsupported (Llama 4's tower uses 'gelu')")
+        if self.hidden_size % self.num_attention_heads:
+            raise bad("num_attention_heads",
+                      f"{self.num_attention_heads} does not divide hidden_size={self.hidden_size}")
+        if self.head_dim % 4:  # 2D RoPE: half the rotated pairs for x, half for y
+            raise bad("hidden_size", f"head_dim {self.head_dim} (hidden_size / num_attention_heads) must be a "
+                                     "multiple of 4 for the 2D rotary embedding")
+        if self.image_size % self.patch_size:
+            raise bad("image_size", f"{self.image_size} is not a multiple of patch_size={self.patch_size}")
+        s = 1 / self.pixel_shuffle_ratio
+        if abs(s - round(s)) > 1e-6 or self.patches_per_side % round(s):
+            raise bad("pixel_shuffle_ratio", f"{self.pixel_shuffle_ratio}: 1/ratio must be an integer dividing the "
+                                             f"{self.patches_per_side} patches per tile side")
+        if self.intermediate_size != self.hidden_size * round(s) ** 2:
+            raise bad("intermediate_size", f"{self.intermediate_size} must equal hidden_size / pixel_shuffle_ratio**2 "
+                                           f"= {self.hidden_size * round(s) ** 2} (the adapter's input width)")
+        if self.projector_input_dim != self.projector_output_dim:
+            raise bad("projector_input_dim", f"{self.projector_input_dim} must equal projector_output_dim="
+                                             f"{self.projector_output_dim} (the adapter's fc2 is square)")
+        if self.vision_output_dim != self.projector_output_dim:
+            raise bad("vision_output_dim", f"{self.vision_output_dim} must equal projector_output_dim="
+                                           f"{self.projector_output_dim} (the projector's input)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Image tokens (`<|patch|>`) one tile becomes after the pixel shuffle."""
+        return int(self.patches_per_side ** 2 * self.pixel_shuffle_ratio ** 2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Llama4VisionConfig":
+        d = dict(d)
+        params = d.pop("rope_parameters", None)  # transformers 5 layout
+        if params and "rope_theta" not in d:
+            d["rope_theta"] = params.get("rope_theta", cls.rope_theta)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        return dict(dataclasses.asdict(self), model_type="llama4_vision_model")
+
+
+@dataclass
 class Llama4Config:
     """The text part of a Llama 4 config, field names as in HF `Llama4TextConfig`."""
 
@@ -55,8 +139,15 @@ class Llama4Config:
     pad_token_id: int | None = 200018
     quantization_config: dict | None = None  # a pre-quantised checkpoint's, as in its config.json
     torch_dtype: str | None = None  # the checkpoint's weight dtype ('bfloat16'); dtype="auto" uses it on GPU
+    # Multimodal checkpoints (HF `Llama4Config` top level); vision_config None = a text-only model.
+    vision_config: Llama4VisionConfig | None = None
+    image_token_index: int = 200092  # <|patch|>: image features replace these positions
+    boi_token_index: int = 200080  # <|image_start|>
+    eoi_token_index: int = 200081  # <|image_end|>
 
     def __post_init__(self) -> None:
+        if isinstance(self.vision_config, dict):
+            self.vision_config = Llama4VisionConfig.from_dict(self.vision_config)
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         self.attn_temperature_tuning = bool(self.attn_temperature_tuning)  # released configs store 4
@@ -97,6 +188,10 @@ class Llama4Config:
         return bool(self.no_rope_layers[i])
 
     @property
+    def is_multimodal(self) -> bool:
+        return self.vision_config is not None
+
+    @property
     def eos_token_ids(self) -> list[int]:
         e = self.eos_token_id
         return [] if e is None else ([e] if isinstance(e, int) else list(e))
@@ -111,6 +206,9 @@ class Llama4Config:
             for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "quantization_config",
                       "torch_dtype", "dtype"):
                 if k not in d and k in outer:
+                    d[k] = outer[k]
+            for k in ("vision_config", "image_token_index", "boi_token_index", "eoi_token_index"):
+                if outer.get(k) is not None:
                     d[k] = outer[k]
         d = dict(d)
         if "dtype" in d:  # transformers 5 writes `dtype`, the released checkpoints `torch_dtype`
@@ -151,8 +249,11 @@ class Llama4Config:
         return cls.from_dict(raw)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """A flat `llama4_text` config.json that transformers and our loader both read."""
+        """A flat `llama4_text` config.json that transformers and our loader both read: the text part
+        only (a multimodal config's full form is to_hf_multimodal_dict)."""
         d = dataclasses.asdict(self)
+        for k in ("vision_config", "image_token_index", "boi_token_index", "eoi_token_index"):
+            del d[k]
         rs = d.pop("rope_scaling")
         d["rope_scaling"] = None if rs is None else {"rope_type": "llama3", **rs}
         for k in ("quantization_config", "torch_dtype"):
@@ -162,9 +263,38 @@ class Llama4Config:
         d["architectures"] = ["Llama4ForCausalLM"]
         return d
 
+    def to_hf_multimodal_dict(self) -> dict[str, Any]:
+        """A `llama4` (Llama4ForConditionalGeneration) config.json: text under `text_config`."""
+        if self.vision_config is None:
+            raise ValueError("Llama4Config.vision_config is None: a text-only config has no multimodal form "
+                             "(use to_hf_dict)")
+        text = self.to_hf_dict()
+        del text["architectures"]
+        out = {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"], "text_config": text,
+               "vision_config": self.vision_config.to_hf_dict(), "image_token_index": self.image_token_index,
+               "boi_token_index": self.boi_token_index, "eoi_token_index": self.eoi_token_index,
+               "tie_word_embeddings": self.tie_word_embeddings}
+        for k in ("quantization_config", "torch_dtype"):
+            if k in text:
+                out[k] = text[k]
+        return out
 
+
+# The released checkpoints' vision_config (Scout and Maverick share it; transformers' defaults differ),
+# written out rather than left to Llama4VisionConfig's defaults.
+_RELEASED_VISION = dict(hidden_size=1408, num_hidden_layers=34, num_attention_heads=16, intermediate_size=5632,
+                        vision_output_dim=4096, image_size=336, patch_size=14, pixel_shuffle_ratio=0.5,
+                        projector_input_dim=4096, projector_output_dim=4096, norm_eps=1e-5, rope_theta=10000.0)
 _RELEASED = dict(hidden_size=5120, num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8,
-                 head_dim=128, intermediate_size=8192, intermediate_size_mlp=16384, vocab_size=202048)
+                 head_dim=128, intermediate_size=8192, intermediate_size_mlp=16384, vocab_size=202048,
+                 vision_config=_RELEASED_VISION, image_token_index=200092, boi_token_index=200080,
+                 eoi_token_index=200081)
+# A tiny tower of the same structure: 56 x 56 tiles of 4 x 4 patches -> 4 image tokens per tile.
+# Image token ids: the tiny tokenizer's <|patch|> / <|image_start|> / <|image_end|> (assets/tiny_tokenizer).
+_TINY_VISION = dict(vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=256, vision_output_dim=128, image_size=56, patch_size=14,
+                                       pixel_shuffle_ratio=0.5, projector_input_dim=128, projector_output_dim=128),
+                    image_token_index=511, boi_token_index=506, eoi_token_index=507)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "scout": dict(_RELEASED, num_local_experts=16, interleave_moe_layer_step=1, use_qk_norm=True,
@@ -180,12 +310,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                        rope_scaling=dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
                                          original_max_position_embeddings=64),
                        attention_chunk_size=32, floor_scale=16, max_position_embeddings=4096,
-                       bos_token_id=1, eos_token_id=[2, 3, 4], pad_token_id=0),
+                       bos_token_id=1, eos_token_id=[2, 3, 4], pad_token_id=0, **_TINY_VISION),
     "tiny-maverick": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                           head_dim=32, intermediate_size=96, intermediate_size_mlp=192, vocab_size=512,
                           num_local_experts=16, interleave_moe_layer_step=2, use_qk_norm=False,
                           rope_scaling=None, attention_chunk_size=32, floor_scale=16,
-                          max_position_embeddings=4096, bos_token_id=1, eos_token_id=[2, 3, 4], pad_token_id=0),
+                          max_position_embeddings=4096, bos_token_id=1, eos_token_id=[2, 3, 4], pad_token_id=0,
+                          **_TINY_VISION),
 }
 
 

@@ -2,10 +2,12 @@
 """Build the tiny presets' tokenizer: a real byte-level BPE (HF `tokenizers`) with exactly 512 ids.
 
 Layout (fixed): ids 0..8 are the Llama 4 special tokens below, ids 9..264 the 256 byte-level base
-tokens, then 247 merges. Trained on docstrings of a fixed list of stdlib modules (offline, and the
-same on every machine with the same Python minor version) plus a few multilingual sentences, so that
-multi-byte characters occur: common ones (é, ü) get merged into one token, rare ones (中文, emoji) stay
-split across several byte tokens -- which the streaming detokeniser tests rely on.
+tokens, then 241 merges, then ids 506..511 Llama 4's image special tokens (same strings as the
+released tokenizer; last, so that adding them moved no text id). Trained on docstrings of a fixed
+list of stdlib modules (offline, and the same on every machine with the same Python minor version)
+plus a few multilingual sentences, so that multi-byte characters occur: common ones (é, ü) get merged
+into one token, rare ones (中文, emoji) stay split across several byte tokens -- which the streaming
+detokeniser tests rely on.
 
 Deterministic: running it twice gives byte-identical files. The built files are committed in
 amd_llama4/assets/tiny_tokenizer/; rerun only to change the tokenizer:
@@ -36,6 +38,16 @@ SPECIAL_TOKENS = [
     "<|python_start|>",  # 7
     "<|python_end|>",  # 8
 ]
+# Llama4Processor's image tokens, in the released tokenizer's order (ids 200080, 200081, 200084,
+# 200085, 200090, 200092 there).
+IMAGE_SPECIAL_TOKENS = [
+    "<|image_start|>",  # 506
+    "<|image_end|>",  # 507
+    "<|tile_x_separator|>",  # 508
+    "<|tile_y_separator|>",  # 509
+    "<|image|>",  # 510: one per image in the chat template's output, expanded by the processor
+    "<|patch|>",  # 511: the image_token_index, where image features go
+]
 EOS_IDS = [2, 3, 4]
 # The committed files were built with this Python (stdlib docstrings differ between versions).
 BUILT_WITH = (3, 11)
@@ -48,6 +60,7 @@ SPLIT_PATTERN = (
 
 # Llama 4 chat format (../shared/llama4-spec.md): bos, then per message
 # <|header_start|>{role}<|header_end|>\n\n{content}<|eot|>; generation prompt opens an assistant turn.
+# Image content parts render as one <|image|> each, as Llama 4's released template does.
 CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
@@ -56,7 +69,8 @@ CHAT_TEMPLATE = (
     "{{- message['content'] }}"
     "{%- else %}"
     "{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- if part['type'] == 'image' %}{{- '<|image|>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
     "{%- endfor %}"
     "{%- endif %}"
     "{{- '<|eot|>' }}"
@@ -106,10 +120,11 @@ def build() -> Tokenizer:
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        vocab_size=VOCAB_SIZE - len(IMAGE_SPECIAL_TOKENS), min_frequency=2, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.add_special_tokens(IMAGE_SPECIAL_TOKENS)
     tok.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
         special_tokens=[("<|begin_of_text|>", 1)],
@@ -125,6 +140,10 @@ def check(tok: Tokenizer) -> None:
     for i, s in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(s) != i:
             raise SystemExit(f"special token {s} has id {tok.token_to_id(s)}, expected {i}")
+    first_image = VOCAB_SIZE - len(IMAGE_SPECIAL_TOKENS)
+    for i, s in enumerate(IMAGE_SPECIAL_TOKENS, first_image):
+        if tok.token_to_id(s) != i:
+            raise SystemExit(f"image token {s} has id {tok.token_to_id(s)}, expected {i}")
     base = {tok.id_to_token(i) for i in range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 256)}
     if base != set(pre_tokenizers.ByteLevel.alphabet()):
         raise SystemExit("ids 9..264 are not the 256 byte-level base tokens")
@@ -134,7 +153,8 @@ def tokenizer_config() -> dict:
     added = {
         str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                  "single_word": False, "special": True}
-        for i, s in enumerate(SPECIAL_TOKENS)
+        for i, s in [*enumerate(SPECIAL_TOKENS),
+                     *enumerate(IMAGE_SPECIAL_TOKENS, VOCAB_SIZE - len(IMAGE_SPECIAL_TOKENS))]
     }
     return {
         "added_tokens_decoder": added,

@@ -1,6 +1,8 @@
 """Where each model parameter comes from in a checkpoint, in every layout the released models use.
 
-Accepted: one file or shards; names with or without `language_model.` (multimodal releases);
+Accepted: one file or shards; text names with or without `language_model.` (multimodal releases)
+or nested as `model.language_model.*`; the vision tower's `vision_model.*` / `multi_modal_projector.*`
+flat (HF's Llama4ForConditionalGeneration) or nested under `model.`;
 fused experts (`experts.gate_up_proj` [E, H, 2I], `experts.down_proj` [E, I, H]) or one tensor per
 expert (`experts.{i}.{gate,up,down}_proj.weight`, nn.Linear [out, in]); FP8 scales as this project
 writes them, as HF fine-grained FP8 names them (`weight_scale_inv`) and in Meta's `fbgemm_fp8`
@@ -19,11 +21,29 @@ from amd_llama4.platform import FP8_DTYPES
 from amd_llama4.quant import fbgemm
 
 _PREFIXES = ("", "language_model.")
-# Tensors of other modalities in multimodal checkpoints: present, legitimately unused here.
-_OTHER_MODALITIES = ("vision_model.", "multi_modal_projector.")
+# The vision side of multimodal checkpoints: read into a multimodal model, legitimately unused by a
+# text-only one (a multimodal checkpoint loaded as text, or one with a stub vision_config).
+_OTHER_MODALITIES = ("vision_model.", "multi_modal_projector.", "model.vision_model.", "model.multi_modal_projector.")
+# A tensor every checkpoint with a vision tower holds.
+VISION_PROBE = "vision_model.patch_embedding.linear.weight"
 _FUSED = re.compile(r"(.*\.feed_forward\.experts)\.(gate_up_proj|down_proj)(_scale)?$")
 # FP8 KV-cache scales some checkpoints carry (per tensor or per KV head).
 _KV_SCALE = re.compile(r"model\.layers\.(\d+)\.self_attn\.(?:attn\.)?([kv])_scale$")
+
+
+def _candidates(name: str) -> tuple[str, ...]:
+    """Checkpoint names that may hold the model parameter `name`, most common layout first."""
+    if name.startswith(("vision_model.", "multi_modal_projector.")):
+        return name, "model." + name
+    nested = ("model.language_model." + name[len("model."):],) if name.startswith("model.") else ()
+    return (*(p + name for p in _PREFIXES), *nested)
+
+
+def _text_name(ckpt_name: str) -> str:
+    """A text tensor's checkpoint name as the model names it."""
+    if ckpt_name.startswith("model.language_model."):
+        return "model." + ckpt_name[len("model.language_model."):]
+    return ckpt_name.removeprefix("language_model.")
 
 
 def _bytes_op(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -36,15 +56,19 @@ def _bytes_op(fn, tensors: list[torch.Tensor]) -> torch.Tensor:
 class CheckpointSource:
     """Finds the checkpoint tensor(s) for one model parameter name and reads them (`meta`: header only)."""
 
-    def __init__(self, ckpt: Checkpoint, meta: bool = False):
-        self.ckpt, self.meta = ckpt, meta
+    def __init__(self, ckpt: Checkpoint, meta: bool = False, text_only: bool = True):
+        """text_only: the model has no vision tower, so the checkpoint's vision tensors go unused."""
+        self.ckpt, self.meta, self.text_only = ckpt, meta, text_only
         self.used: set[str] = set()
 
+    def has_vision(self) -> bool:
+        return self._find(VISION_PROBE) is not None
+
     def _find(self, name: str) -> str | None:
-        for p in _PREFIXES:
-            for n in (name, name + "_inv") if name.endswith(".weight_scale") else (name,):
-                if p + n in self.ckpt:  # HF fine-grained FP8 calls block scales `weight_scale_inv`
-                    return p + n
+        for c in _candidates(name):
+            for n in (c, c + "_inv") if c.endswith(".weight_scale") else (c,):
+                if n in self.ckpt:  # HF fine-grained FP8 calls block scales `weight_scale_inv`
+                    return n
         return None
 
     def where(self, name: str) -> str:
@@ -96,14 +120,15 @@ class CheckpointSource:
             if t.shape != expect:
                 raise self._wrong_shape(f"{groups[0][0]} .. {groups[-1][-1]}", t.shape, expect)
         else:
-            raise CheckpointError(f"{self.ckpt.folder}: missing tensor {name!r} (also looked for "
-                                  f"'language_model.{name}' and per-expert names)")
+            others = ", ".join(repr(c) for c in _candidates(name)[1:])
+            raise CheckpointError(f"{self.ckpt.folder}: missing tensor {name!r} (also looked for {others}"
+                                  f"{' and per-expert names' if _FUSED.match(name) else ''})")
         return shard(t) if shard is not None else t
 
     def kv_scales(self) -> dict[int, dict[str, torch.Tensor]]:
         out: dict[int, dict[str, torch.Tensor]] = {}
         for n in self.ckpt.tensors:
-            m = _KV_SCALE.fullmatch(n.removeprefix("language_model."))
+            m = _KV_SCALE.fullmatch(_text_name(n))
             if m:
                 self.used.add(n)
                 t = self.ckpt.meta(n) if self.meta else self.ckpt.get(n)
@@ -112,7 +137,7 @@ class CheckpointSource:
 
     def unexpected(self) -> list[str]:
         return sorted(n for n in self.ckpt.tensors
-                      if n not in self.used and not any(n.startswith(p) for p in _OTHER_MODALITIES))
+                      if n not in self.used and not (self.text_only and n.startswith(_OTHER_MODALITIES)))
 
     def close(self) -> None:
         self.ckpt.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -54,13 +55,27 @@ def _full_shapes(cfg: Llama4Config, q: QuantConfig | None) -> dict[str, torch.Si
             .named_parameters()}
 
 
-class _PresetSource:
-    """A preset's random weights (the same on every rank, from `seed`), handed out like a checkpoint's."""
+# Briefly trained text weights of the tiny presets (scripts/train_tiny.py; NOTICE there).
+TRAINED_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "tiny_weights"
 
-    def __init__(self, cfg: Llama4Config, seed: int, meta: bool):
+
+class _PresetSource:
+    """A preset's weights, handed out like a checkpoint's (the same on every rank): random from `seed`,
+    or with seed=None the briefly trained text weights shipped for it (tiny presets; the vision tower
+    stays random), so a first chat answers in words."""
+
+    def __init__(self, cfg: Llama4Config, seed: int | None, meta: bool, name: str = ""):
         self.model = build_model(cfg, device="meta" if meta else "cpu")
-        if not meta:
-            self.model.init_random(seed)
+        if meta:
+            return
+        self.model.init_random(0 if seed is None else seed)
+        trained = TRAINED_WEIGHTS / f"{name}.safetensors"
+        if seed is None and trained.is_file():
+            from safetensors.torch import load_file
+
+            with torch.no_grad():
+                for n, t in load_file(str(trained)).items():
+                    self.model.get_parameter(n).copy_(t)
 
     def load(self, name: str, expect: torch.Size, shard=None) -> torch.Tensor:
         t = self.model.get_parameter(name).detach()
@@ -173,9 +188,10 @@ def _quant_arg(quantization: str | QuantConfig | None) -> QuantConfig | None:
 
 
 def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
-               device: str | torch.device = "auto", seed: int = 0, progress: bool = True,
+               device: str | torch.device = "auto", seed: int | None = None, progress: bool = True,
                quantization: str | QuantConfig | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
-    """A preset name ('tiny-scout', ...) builds random weights from `seed`; a folder loads its
+    """A preset name ('tiny-scout', ...): the shipped trained weights (tiny presets) or, with `seed`,
+    random weights from that seed (seed 0 where nothing is shipped); a folder loads its
     config.json and safetensors weights. device="auto": the GPU torch sees, else the CPU; "meta":
     shapes only, nothing read. quantization="fp8" (or a QuantConfig) quantises each weight while it
     is loaded; a checkpoint whose config.json has a quantization_config loads pre-quantised, its fp8
@@ -189,7 +205,7 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
     pre = None
     if is_preset(p):
         cfg = preset(p)
-        source = _PresetSource(cfg, seed, meta=device.type == "meta")
+        source = _PresetSource(cfg, seed, meta=device.type == "meta", name=p)
     elif not os.path.isdir(p):
         raise FileNotFoundError(f"{p!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
     else:

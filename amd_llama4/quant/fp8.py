@@ -119,10 +119,14 @@ def _ignored(name: str, patterns: list[str]) -> bool:
     return False
 
 
+# the vision tower and its projector: never FP8 (peers keep them in high precision)
+_VISION_PREFIXES = ("vision_model", "multi_modal_projector")
+
+
 def fp8_targets(model: nn.Module, q: QuantConfig):
     """(name, module, kind) for every module that FP8 replaces; kind is 'linear' or 'experts'."""
     for name, mod in model.named_modules():
-        if _ignored(name, q.ignore):
+        if _ignored(name, q.ignore) or name.startswith(_VISION_PREFIXES):  # the tower stays in bf16, as peers keep it
             continue
         if isinstance(mod, nn.Linear) and _LINEAR_NAMES.search("." + name):
             yield name, mod, "linear"
@@ -186,10 +190,13 @@ def parse_quantization_config(qc: dict | None) -> tuple[QuantConfig, str] | None
 
 def weight_bytes_by_component(model: nn.Module) -> dict[str, int]:
     """Resident parameter bytes grouped as attention / experts / shared_expert / dense_mlp / embeddings / other."""
-    out = {k: 0 for k in ("attention", "experts", "shared_expert", "router", "dense_mlp", "embeddings", "norms")}
+    out = {k: 0 for k in ("attention", "experts", "shared_expert", "router", "dense_mlp", "embeddings", "norms",
+                          "vision")}
     for name, p in model.named_parameters():
         n = p.numel() * p.element_size()
-        if ".self_attn." in name:
+        if name.startswith(_VISION_PREFIXES):
+            out["vision"] += n
+        elif ".self_attn." in name:
             out["attention"] += n
         elif ".experts." in name:
             out["experts"] += n

@@ -124,7 +124,7 @@ def write_checkpoint(model, out: str, fmt: str, max_shard_size: str | int = "5GB
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     with open(os.path.join(out, INDEX), "w") as f:
         json.dump({"metadata": {"total_size": total, "sha256": digests}, "weight_map": weight_map}, f, indent=2)
-    cfg = model.config.to_hf_dict()
+    cfg = model.config.to_hf_multimodal_dict() if model.config.is_multimodal else model.config.to_hf_dict()
     cfg["quantization_config"] = quantization_config(model.quant_config, fmt)
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     with open(os.path.join(out, "config.json"), "w") as f:

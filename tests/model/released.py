@@ -1,10 +1,10 @@
 """Full-size stand-ins for Meta's released Llama 4 checkpoints: the real config.json fields and the
-real tensor names, shapes and dtypes (text under `language_model.`, vision tensors beside it, shards
+real tensor names, shapes and dtypes (text under `language_model.`, the vision tower beside it, shards
 with an index), as safetensors files holding a header and no data. Each file is extended to its
 declared size without writing (sparse: no disk used), so its header validates and nothing is read.
 
 The names and shapes are written out here from the released layout (llama4-spec.md, transformers'
-Llama4TextExperts / FbgemmFp8Llama4TextExperts), not taken from this project's model.
+Llama4TextExperts / FbgemmFp8Llama4TextExperts / Llama4VisionModel), not taken from this project's model.
 """
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ import os
 import struct
 
 H, HEADS, KV, D, I, I_MLP, V, LAYERS = 5120, 40, 8, 128, 8192, 16384, 202048, 48
+# The vision tower (same in Scout and Maverick): hidden, layers, MLP width, tile / patch size, adapter width
+VH, VLAYERS, VI, TILE, PATCH, VOUT = 1408, 34, 5632, 336, 14, 4096
+VISION_CONFIG = {"attention_dropout": 0.0, "hidden_act": "gelu", "hidden_size": VH, "image_size": TILE,
+                 "initializer_range": 0.02, "intermediate_layers_indices": [], "intermediate_size": VI,
+                 "model_type": "llama4_vision_model", "multi_modal_projector_bias": False, "norm_eps": 1e-05,
+                 "num_attention_heads": 16, "num_channels": 3, "num_hidden_layers": VLAYERS, "patch_size": PATCH,
+                 "pixel_shuffle_ratio": 0.5, "projector_dropout": 0.0, "projector_input_dim": VOUT,
+                 "projector_output_dim": VOUT, "rope_theta": 10000, "vision_feature_layer": -1,
+                 "vision_feature_select_strategy": "default", "vision_output_dim": VOUT}
 _BYTES = {"BF16": 2, "F32": 4, "F8_E4M3": 1}
 
 RELEASES = {
@@ -56,7 +65,8 @@ def modules_to_not_convert(kind: str) -> list[str]:
 def config(kind: str) -> dict:
     cfg = {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"],
            "text_config": text_config(kind), "torch_dtype": "bfloat16", "tie_word_embeddings": False,
-           "vision_config": {"hidden_size": 1408, "num_hidden_layers": 34, "model_type": "llama4_vision_model"}}
+           "vision_config": VISION_CONFIG, "image_token_index": 200092, "boi_token_index": 200080,
+           "eoi_token_index": 200081}
     if kind == "maverick-fp8":
         cfg["quantization_config"] = {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0,
                                       "modules_to_not_convert": modules_to_not_convert(kind)}
@@ -91,10 +101,31 @@ def tensors(kind: str) -> dict[str, tuple[str, tuple[int, ...]]]:
                 t[f"{p}feed_forward.{n}.weight"] = ("BF16", shape)
     t[lm + "model.norm.weight"] = ("BF16", (H,))
     t[lm + "lm_head.weight"] = ("BF16", (V, H))
-    # a few tensors of the other modality: present in the release, not used by the text model
-    t["vision_model.patch_embedding.linear.weight"] = ("BF16", (1408, 588))
-    t["vision_model.model.layers.0.self_attn.q_proj.weight"] = ("BF16", (1408, 1408))
-    t["multi_modal_projector.linear_1.weight"] = ("BF16", (H, 4096))
+    t.update(vision_tensors())
+    return t
+
+
+def vision_tensors() -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The released vision tower and projector (transformers' Llama4VisionModel names), all bf16, also
+    in the FP8 release (its modules_to_not_convert)."""
+    v = "vision_model."
+    n_pos = (TILE // PATCH) ** 2 + 1
+    t = {v + "class_embedding": ("BF16", (VH,)), v + "positional_embedding_vlm": ("BF16", (n_pos, VH)),
+         v + "patch_embedding.linear.weight": ("BF16", (VH, 3 * PATCH * PATCH))}
+    for ln in ("layernorm_pre", "layernorm_post"):
+        t[f"{v}{ln}.weight"] = t[f"{v}{ln}.bias"] = ("BF16", (VH,))
+    for i in range(VLAYERS):
+        p = f"{v}model.layers.{i}."
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t[f"{p}self_attn.{n}.weight"] = ("BF16", (VH, VH))
+            t[f"{p}self_attn.{n}.bias"] = ("BF16", (VH,))
+        t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"] = ("BF16", (VI, VH)), ("BF16", (VI,))
+        t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"] = ("BF16", (VH, VI)), ("BF16", (VH,))
+        for ln in ("input_layernorm", "post_attention_layernorm"):
+            t[f"{p}{ln}.weight"] = t[f"{p}{ln}.bias"] = ("BF16", (VH,))
+    t[v + "vision_adapter.mlp.fc1.weight"] = ("BF16", (VOUT, VI))  # pixel-shuffled width in
+    t[v + "vision_adapter.mlp.fc2.weight"] = ("BF16", (VOUT, VOUT))
+    t["multi_modal_projector.linear_1.weight"] = ("BF16", (H, VOUT))
     return t
 
 

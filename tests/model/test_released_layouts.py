@@ -1,13 +1,15 @@
 """Scout, Maverick and Maverick-FP8 at full size, from safetensors headers alone: load_model(...,
-device="meta") builds the model and checks every tensor name, shape and dtype of the release, and
-reads no data."""
+device="meta") builds the multimodal model (text and vision tower) and checks every tensor name,
+shape and dtype of the release, and reads no data."""
 import pytest
 import torch
 
 from amd_llama4 import CheckpointError, load_model
 from amd_llama4.model import safetensors_io
+from amd_llama4.model.multimodal import Llama4ForConditionalGeneration, is_vision_param
+from amd_llama4.parallel.tp import Parallel
 from amd_llama4.quant.fp8 import FP8Experts
-from tests.model.released import nbytes, write_header_only
+from tests.model.released import nbytes, vision_tensors, write_header_only
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +35,21 @@ def test_release_loads_from_headers_alone(kind, releases, no_reads):
     folder, table = releases[kind]
     assert len({f for f in __import__("os").listdir(folder) if f.endswith(".safetensors")}) > 10  # sharded
     m = load_model(folder, device="meta", dtype=torch.bfloat16, progress=False)
+    assert isinstance(m, Llama4ForConditionalGeneration)
     assert all(p.device.type == "meta" for p in m.parameters())
-    text = {n: v for n, v in table.items() if n.startswith("language_model.")}
-    # every text tensor became a parameter (the loader refuses unused ones), byte for byte
-    assert len(list(m.parameters())) == len(text)
-    assert _param_bytes(m) == sum(nbytes(*v) for v in text.values())
+    # every tensor (text and vision) became a parameter (the loader refuses unused ones), byte for byte
+    assert len(list(m.parameters())) == len(table)
+    assert _param_bytes(m) == sum(nbytes(*v) for v in table.values())
     params = dict(m.named_parameters())
-    for name, (dt, shape) in text.items():
+    for name, (dt, shape) in table.items():
         p = params[name.removeprefix("language_model.")]
         if name.endswith("experts.down_proj_scale"):  # fbgemm [E, H, 1] is held as [E, 1, H]
             shape = (shape[0], 1, shape[1])
         assert tuple(p.shape) == shape, name
+        if is_vision_param(name):  # bf16 in every release, FP8 included
+            assert p.dtype == torch.bfloat16, name
+    v = m.config.vision_config
+    assert (v.tokens_per_tile, m.config.image_token_index) == (144, 200092)
     moe = m.model.layers[1].feed_forward.experts
     if kind == "maverick-fp8":
         assert isinstance(moe, FP8Experts) and moe.gate_up_proj.dtype == torch.float8_e4m3fn
@@ -78,4 +84,26 @@ def test_fp8_release_with_bf16_experts_is_refused(tmp_path, no_reads):
     write_header_only(folder, "maverick-fp8", edit=edit)
     with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.5\.feed_forward\.experts\.gate_up_proj' has "
                                               r"dtype torch\.bfloat16, expected torch\.float8_e4m3fn"):
+        load_model(folder, device="meta", dtype=torch.bfloat16, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["scout", "maverick-fp8"])
+def test_release_tower_is_replicated_under_tensor_parallel(kind, releases, no_reads):
+    folder, table = releases[kind]
+    vision = sum(nbytes(*v) for v in vision_tensors().values())
+    assert vision > 1.7e9  # ~0.87 B parameters
+    for w in (4, 8):
+        m = load_model(folder, device="meta", dtype=torch.bfloat16, progress=False, parallel=Parallel(0, w))
+        assert sum(p.numel() * p.element_size() for n, p in m.named_parameters() if is_vision_param(n)) == vision
+
+
+def test_release_missing_vision_tensor_named(tmp_path, no_reads):
+    gone = "vision_model.model.layers.33.mlp.fc2.weight"
+
+    def edit(t):
+        del t[gone]
+
+    folder = str(tmp_path / "v")
+    write_header_only(folder, "scout", edit=edit)
+    with pytest.raises(CheckpointError, match=rf"missing tensor '{gone}'"):
         load_model(folder, device="meta", dtype=torch.bfloat16, progress=False)

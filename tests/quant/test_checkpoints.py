@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from amd_llama4 import CheckpointError, load_model, ops
 from amd_llama4.cli import main
 from amd_llama4.config import QuantConfig
+from amd_llama4.model.multimodal import is_vision_param
 from amd_llama4.tools import checkpoint_convert as conv
 from amd_llama4.tools.checkpoint_convert import checkpoint_tensors, convert_checkpoint, verify_checkpoint
 from amd_llama4.quant.fp8 import FP8Experts, FP8Linear
@@ -141,7 +142,7 @@ def _per_expert_checkpoint(model, folder, config_qc, keep_hp=()):
     os.makedirs(folder)
     tensors = {}
     for name, t in checkpoint_tensors(model, torch.float32).items():
-        if ".experts." in name:
+        if ".experts." in name or is_vision_param(name):
             continue
         tensors["language_model." + name] = t
     for n, m in model.named_modules():

@@ -188,7 +188,7 @@ def test_checkpoint_bytes_per_gpu_equal_the_loaded_model(kind, released, no_read
     assert r["header_bytes"] == sum(nbytes(*v) for v in table.values())
     text = sum(nbytes(*v) for n, v in table.items() if n.startswith("language_model."))
     assert r["header_bytes_text"] == text and r["dtype"] == "bfloat16"
-    assert r["bytes_per_gpu"][1] == text  # one GPU holds the text model as stored
+    assert r["bytes_per_gpu"][1] == sum(nbytes(*v) for v in table.values())  # one GPU: text + tower as stored
     cfg = load_config(folder)
     pre = parse_quantization_config(cfg.quantization_config)
     for w in (1, 4, 8):  # every rank's skeleton the loader fills, built from the config alone
