@@ -274,9 +274,9 @@ class Llama4Config:
                "vision_config": self.vision_config.to_hf_dict(), "image_token_index": self.image_token_index,
                "boi_token_index": self.boi_token_index, "eoi_token_index": self.eoi_token_index,
                "tie_word_embeddings": self.tie_word_embeddings}
-        for k in ("quantization_config", "torch_dtype"):
+        for k in ("quantization_config", "torch_dtype"):  # top level only, as the released configs have them
             if k in text:
-                out[k] = text[k]
+                out[k] = text.pop(k)
         return out
 
 

@@ -19,11 +19,12 @@ def run(args) -> int:
         inp = planner.PlanInput(model=args.model, gpu=args.gpu, num_gpus=args.num_gpus, weights=weights,
                                 kv=args.kv, context=args.context, concurrency=args.concurrency,
                                 gpu_memory_utilization=args.gpu_memory_utilization,
-                                max_batched_tokens=args.max_batched_tokens)
+                                max_batched_tokens=args.max_batched_tokens,
+                                images_per_prompt=args.images_per_prompt)
+        result = planner.plan(inp)
     except ValueError as e:
-        print(f"plan: {e}")
+        print(f"plan: {e}".replace("plan: plan: ", "plan: "))
         return 2
-    result = planner.plan(inp)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -46,5 +47,8 @@ def register(sub) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="sequences in flight")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--max-batched-tokens", type=int, default=8192, help="tokens per step (sizes the workspace)")
+    p.add_argument("--images-per-prompt", type=int, default=0,
+                   help="multimodal models: images per prompt; their tokens (up to (max_patches + 1) x tokens "
+                        "per tile each) count in --context")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

@@ -10,12 +10,22 @@ def run(args) -> int:
     from amd_llama4.serve.local import run_server
 
     options = {k: v for k, v in (("max_queue", args.max_queue), ("request_timeout_s", args.request_timeout),
-                                 ("engine_factory", args.engine_factory)) if v is not None}
+                                 ("engine_factory", args.engine_factory),
+                                 ("limit_mm_per_prompt", args.limit_mm_per_prompt),
+                                 ("allowed_media_domains", args.allowed_media_domains),
+                                 ("max_image_pixels", args.max_image_pixels)) if v is not None}
+    if any(k in options for k in _MEDIA_OPTIONS):  # a bad value fails here, before the model loads
+        from amd_llama4.multimodal.media import MediaLimits
+
+        MediaLimits.from_options(**{k: options[k] for k in _MEDIA_OPTIONS if k in options})
     engine_args = {"model": args.model, **engine_kwargs(args)}
     run_server(engine_args, host=args.host, port=args.port,
                api_key=args.api_key or os.environ.get("AMD_LLAMA4_API_KEY") or None,
                use_ray=not args.no_ray, served_model_name=args.served_model_name, **options)
     return 0
+
+
+_MEDIA_OPTIONS = ("limit_mm_per_prompt", "allowed_media_domains", "max_image_pixels")
 
 
 def register(sub) -> None:
@@ -35,6 +45,12 @@ def register(sub) -> None:
                    help="requests admitted at once; beyond it HTTP 429 with Retry-After (default 256)")
     p.add_argument("--request-timeout", type=float, default=None,
                    help="seconds per request before it is aborted (default 600)")
+    p.add_argument("--limit-mm-per-prompt", default=None, metavar="image=N",
+                   help="most images per prompt; more is HTTP 400 (default image=8)")
+    p.add_argument("--allowed-media-domains", nargs="+", default=None, metavar="HOST",
+                   help="hosts that http(s) image URLs may name (default: none, only data: URLs)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="largest decoded image, width x height; larger is HTTP 400 (default 67108864 = 8192^2)")
     p.add_argument("--no-ray", action="store_true", help="plain uvicorn in this process, no Ray")
     p.add_argument("--engine-factory", default=None,
                    help="'module:attr' called with the engine args (default: AsyncEngine.from_config)")

@@ -41,8 +41,10 @@ class AsyncEngine:
         return cls(LLMEngine(EngineArgs(**engine_args)), name)
 
     # -- public API (any thread / event loop) -------------------------------------------------------
-    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str
-                       ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
+                       multi_modal_data: dict | None = None) -> AsyncIterator[RequestOutput]:
+        """multi_modal_data: {"image": [PIL images]} for the prompt's `<|image|>` tokens (expanded and
+        checked by the engine; a mismatch ends the stream with a ValueError)."""
         if self._dead:
             raise EngineDeadError(f"engine is dead: {self._dead}")
         if request_id in self._streams:
@@ -54,7 +56,7 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (loop, q)
-        self._commands.put(("add", request_id, ids, params))
+        self._commands.put(("add", request_id, ids, params, multi_modal_data))
         self._wake.set()
         finished = False
         try:
@@ -108,9 +110,9 @@ class AsyncEngine:
             if cmd[0] == "stop":
                 return False
             if cmd[0] == "add":
-                _, rid, prompt, params = cmd
+                _, rid, prompt, params, mm = cmd
                 try:
-                    self.engine.add_request(rid, prompt, params)
+                    self.engine.add_request(rid, prompt, params, multi_modal_data=mm)
                 except Exception as e:  # noqa: BLE001 - bad input ends only this request
                     self._send(rid, ValueError(str(e)))
             elif cmd[0] == "abort":

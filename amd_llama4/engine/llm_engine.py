@@ -9,6 +9,7 @@ import torch
 
 from amd_llama4.config import QuantConfig, load_config
 from amd_llama4.engine.kv_cache import KVCache
+from amd_llama4.engine.mm_inputs import EncoderCache, MMRequest, MultiModalProcessor, images_of, step_image_features
 from amd_llama4.engine.outputs import CompletionOutput, Logprob, RequestOutput, select_best
 from amd_llama4.engine.runner import ModelRunner, StepItem
 from amd_llama4.engine.sampler import Sampler, SamplingState
@@ -72,6 +73,7 @@ class _Request:
     params: SamplingParams
     seqs: list[Sequence] = field(default_factory=list)
     failed: bool = False  # a sample ended in an error: the others end as "abort"
+    mm: MMRequest | None = None  # its images (features held in the encoder cache until it ends)
 
 
 @dataclass(eq=False)
@@ -141,6 +143,8 @@ class LLMEngine:
             self.runner = ModelRunner(self.model, self.cache, device, args.enforce_eager,
                                       max_model_len=self.max_model_len, max_num_seqs=args.max_num_seqs)
         self.sampler = Sampler()
+        self.mm, self._mm_error = self._multimodal()
+        self.encoder_cache = EncoderCache()  # tp > 1: each rank holds its own (engine/tp/worker.py)
         self._requests: dict[str, Sequence] = {}  # sequence id -> live Sequence (one per sample)
         self._groups: dict[str, _Request] = {}  # request id -> its unfinished request
 
@@ -176,6 +180,23 @@ class LLMEngine:
         plan.log(budget)
         return plan, plan.blocks
 
+    def _multimodal(self) -> tuple[MultiModalProcessor | None, str | None]:
+        """-> (the image processor + prompt expansion, None), or (None, why this engine takes no images)."""
+        from amd_llama4.model.multimodal import Llama4ForConditionalGeneration
+
+        if self.parallel:
+            has_tower = self.config.is_multimodal and all(self.runner.call("has_vision"))
+        else:
+            has_tower = isinstance(self.model, Llama4ForConditionalGeneration)
+        if not has_tower:
+            return None, (f"model {self.args.model!r} has no vision tower (a text-only checkpoint: no "
+                          "vision_config, or no vision_model.* tensors)")
+        try:
+            a = self.args
+            return MultiModalProcessor.for_model(self.config, self.tokenizer, a.model, a.tokenizer), None
+        except (ValueError, FileNotFoundError) as e:  # text still works; images say why not
+            return None, str(e)
+
     @staticmethod
     def _load_tokenizer(source: str):
         from amd_llama4.config import PRESETS
@@ -199,27 +220,46 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be a non-empty list of ints in [0, {vocab})")
         return None, ids
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
+                    multi_modal_data: dict | None = None) -> None:
         """Queue a request: one Sequence per sample (params.best_of or n). Sample i > 0 has the
         sequence id f"{request_id}#{i}" and `parent` = sample 0, so the scheduler can admit it once
-        the parent's prompt is computed and it shares the prompt's cached blocks."""
+        the parent's prompt is computed and it shares the prompt's cached blocks.
+        multi_modal_data: {"image": PIL image | [images]}, one `<|image|>` token of the prompt per
+        image; each becomes its tile/patch tokens (counted in max_model_len and prompt tokens)."""
         params = params or SamplingParams()
         seq_ids = [request_id] + [f"{request_id}#{i}" for i in range(1, params.num_samples)]
         if request_id in self._groups or any(i in self._requests for i in seq_ids):
             raise ValueError(f"request id {request_id!r} is already running")
         text, ids = self.encode(prompt)
+        ids, mm = self._expand_images(ids, images_of(multi_modal_data))
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
-                             "(room for at least one generated token is needed)")
-        req = _Request(request_id, text, ids, params)
+            n_img = sum(im.end - im.start for im in mm.images) if mm is not None else 0
+            raise ValueError(f"prompt has {len(ids)} tokens" + (f" ({n_img} of them for {len(mm.images)} image(s))"
+                             if n_img else "") + f"; max_model_len is {self.max_model_len} (room for at least "
+                             "one generated token is needed)" + ("; use fewer or smaller images" if n_img else ""))
+        req = _Request(request_id, text, ids, params, mm=mm)
+        extra = mm.block_extra_keys(self.args.block_size) if mm is not None else None
         for i, seq_id in enumerate(seq_ids):
             seq = Sequence(seq_id, list(ids), len(ids), self._sample_state(req, i))
             seq.parent = req.seqs[0] if req.seqs else None
+            seq.block_extra_keys = extra  # prompts with other images never share a block with this one
             req.seqs.append(seq)
+        if mm is not None:
+            self.encoder_cache.acquire(mm.hashes)
         self._groups[request_id] = req
         for seq in req.seqs:
             self._requests[seq.request_id] = seq
             self.scheduler.add(seq)
+
+    def _expand_images(self, ids: list[int], images: list) -> tuple[list[int], MMRequest | None]:
+        """-> (prompt ids with each `<|image|>` expanded, the request's images or None)."""
+        if self.mm is None:
+            if images:
+                raise ValueError(f"{len(images)} image(s) given but this engine takes no images: {self._mm_error}")
+            return ids, None
+        ids, mm = self.mm.process(ids, images)
+        return ids, (mm if mm.images else None)
 
     def _sample_state(self, req: _Request, i: int) -> _SeqState:
         p = req.params.for_sample(i)
@@ -340,6 +380,9 @@ class LLMEngine:
         done = all(s.state.finish_reason is not None for s in req.seqs)
         if done:
             self._groups.pop(req.request_id, None)
+            if req.mm is not None:  # no sample left to recompute the prompt: its images may go
+                self.encoder_cache.release(req.mm.hashes)
+                req.mm = None
         p = req.params
         if p.output_kind is RequestOutputKind.DELTA:
             outs = [self._delta(s) for s in changed]
@@ -381,10 +424,14 @@ class LLMEngine:
 
                 self._wire = StepEncoder()
             live = {s.arrival for s in self._requests.values()}
-            msg = self._wire.encode(seqs, num_tokens, sample, [s.state.sampling for s in seqs], live)
+            msg = self._wire.encode(seqs, num_tokens, sample, [s.state.sampling for s in seqs], live,
+                                    [s.state.request.mm for s in seqs])
             return self.runner.execute(msg)
-        items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed)
-                 for s, n in zip(seqs, num_tokens)]
+        # image features for the pieces holding <|patch|> tokens (encoded at most once per image)
+        feats = step_image_features([(s.state.request.mm, s.num_computed, n) for s, n in zip(seqs, num_tokens)],
+                                    self.encoder_cache, self.model)
+        items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed, f)
+                 for s, n, f in zip(seqs, num_tokens, feats)]
         if not states:  # prefill pieces only: K/V written, no logits needed
             self.runner.execute(items, rows=[])
             return []

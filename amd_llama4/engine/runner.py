@@ -24,6 +24,8 @@ class StepItem:
     blocks: SeqBlocks
     tokens: list[int]
     start: int
+    # image features entering this piece: (rows within `tokens`, their rows [k, H]) (engine/mm_inputs.py)
+    images: tuple[list[int], torch.Tensor] | None = None
 
 
 class ModelRunner:
@@ -51,9 +53,26 @@ class ModelRunner:
         self.graph_widths = widths
         return DecodeGraphs(self._forward, buffers, buckets, backend)
 
-    def _forward(self, x: StepInputs) -> torch.Tensor:
-        """-> final hidden states [T, H] of every new token. The model sees one flat row [1, T]."""
-        return self.model.hidden_states(x.ids[None], x.positions[None], PagedStepCache(self.cache, x))[0]
+    def _forward(self, x: StepInputs, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """-> final hidden states [T, H] of every new token. The model sees one flat row [1, T];
+        embeds [T, H]: the token embeddings with image features in (None: the model embeds ids)."""
+        return self.model.hidden_states(x.ids[None], x.positions[None], PagedStepCache(self.cache, x),
+                                        inputs_embeds=None if embeds is None else embeds[None])[0]
+
+    def _embeds(self, items: list[StepItem], x: StepInputs) -> torch.Tensor | None:
+        """Early fusion for the pieces holding image tokens: embed_tokens(ids) [T, H] with each
+        piece's image features written at its `<|patch|>` rows. x: host inputs (not yet moved)."""
+        parts = [(b, it.images) for b, it in enumerate(items) if it.images is not None]
+        if not parts:
+            return None
+        cu = x.cu_seqlens.tolist()
+        rows = torch.tensor([cu[b] + r for b, (local, _) in parts for r in local], dtype=torch.long)
+        feats = torch.cat([f for _, (_, f) in parts])  # [k, H]
+        if feats.shape[0] != rows.shape[0]:
+            raise ValueError(f"step: {rows.shape[0]} image token rows but {feats.shape[0]} feature rows")
+        emb = self.model.model.embed_tokens(x.ids.to(self.device, non_blocking=True))  # [T, H]
+        emb[rows.to(self.device, non_blocking=True)] = feats.to(emb.dtype)
+        return emb
 
     def _inputs(self, items: list[StepItem], **pad) -> StepInputs:
         return build_step_inputs(self.cache, [it.blocks for it in items], [it.tokens for it in items],
@@ -62,7 +81,8 @@ class ModelRunner:
     @torch.no_grad()
     def hidden_states(self, items: list[StepItem]) -> torch.Tensor:
         """-> [T, H] for every new token of the step, in item order (eager; tools/quant_accuracy)."""
-        return self._forward(self._inputs(items).to(self.device))
+        x = self._inputs(items)
+        return self._forward(x.to(self.device), self._embeds(items, x))
 
     @torch.no_grad()
     def execute(self, items: list[StepItem], rows: list[int] | None = None) -> torch.Tensor:
@@ -70,14 +90,15 @@ class ModelRunner:
         Rows not asked for skip the LM head (prefill pieces that sample nothing)."""
         n = len(items)
         bucket = None
-        if self.graphs is not None and all(len(it.tokens) == 1 for it in items):
+        # a graph replays token embeddings only: a step with image features runs eager
+        if self.graphs is not None and all(len(it.tokens) == 1 and it.images is None for it in items):
             bucket = self.graphs.bucket_for(n)
         if bucket is not None:  # decode: row b is item b's only token
             hidden = self.graphs.run(self._inputs(items, pad_to=bucket, widths=self.graph_widths))
             last = torch.arange(n) if rows is None else torch.tensor(rows, dtype=torch.long)
         else:
             x = self._inputs(items)
-            hidden = self._forward(x.to(self.device))
+            hidden = self._forward(x.to(self.device), self._embeds(items, x))
             last = x.last if rows is None else x.last[rows]
         if rows is None and bucket is not None:
             return self.model.compute_logits(hidden[:n])

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI
 
+from amd_llama4.multimodal.media import MediaLimits
 from amd_llama4.serve.engine_provider import EngineProvider
 from amd_llama4.serve.handlers_chat import add_chat_routes
 from amd_llama4.serve.handlers_common import State
@@ -28,17 +29,21 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 def build_app(engine_provider: Callable[[], Any] | EngineProvider, *, api_key: str | None = None,
               max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, served_model_name: str | None = None) -> FastAPI:
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, served_model_name: str | None = None,
+              limit_mm_per_prompt: Any = None, allowed_media_domains: Any = None,
+              max_image_pixels: int | None = None) -> FastAPI:
     """`engine_provider`: an EngineProvider, or a callable returning the engine (or an awaitable of
     it), called lazily on the first request and again after the engine is reported dead.
-    `api_key` (else env AMD_LLAMA4_API_KEY) makes `Authorization: Bearer <key>` mandatory on /v1/*."""
+    `api_key` (else env AMD_LLAMA4_API_KEY) makes `Authorization: Bearer <key>` mandatory on /v1/*.
+    limit_mm_per_prompt / allowed_media_domains / max_image_pixels: image limits (multimodal/media.py)."""
     if max_queue < 1 or request_timeout_s <= 0 or max_body_bytes < 1:
         raise ValueError("build_app: max_queue, request_timeout_s and max_body_bytes must be positive")
     provider = engine_provider if isinstance(engine_provider, EngineProvider) else EngineProvider(engine_provider)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     metrics = ServeMetrics()
+    media = MediaLimits.from_options(limit_mm_per_prompt, allowed_media_domains, max_image_pixels)
     state = State(provider, metrics, max_queue=max_queue, request_timeout_s=request_timeout_s,
-                  served_model_name=served_model_name)
+                  served_model_name=served_model_name, media=media)
 
     app = FastAPI(title="amd-llama4 OpenAI-compatible API", version="0.1.0")
     app.state.serve = state

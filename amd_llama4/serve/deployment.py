@@ -23,6 +23,10 @@ log = logging.getLogger("amd_llama4.serve")
 APP_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "api_key": str, "max_queue": int, "request_timeout_s": float, "max_body_bytes": int,
     "served_model_name": str, "engine_factory": str,
+    # images (multimodal/media.py): "image=N" or {"image": N}; "a.com,b.org" or a list; width x height
+    "limit_mm_per_prompt": lambda v: v if isinstance(v, dict) else str(v),
+    "allowed_media_domains": lambda v: v.replace(",", " ").split() if isinstance(v, str) else list(v),
+    "max_image_pixels": int,
 }
 # `serve run module:app_builder key=value` passes strings; coerce the engine args we know.
 _ENGINE_ARG_TYPES: dict[str, Callable[[Any], Any]] = {

@@ -19,7 +19,7 @@ def add_chat_routes(app: FastAPI, state: State) -> None:
     async def chat_completions(request: Request, body: P.ChatCompletionRequest) -> Response:
         top = (body.top_logprobs or 0) if body.logprobs else None
         slot, engine, model, gen = await begin(state, body, lambda e: tokenize_chat(e, body.template_messages()),
-                                               body.requested_max_tokens(), top, "chatcmpl")
+                                               body.requested_max_tokens(), top, "chatcmpl", body.image_urls())
         text_of = TokenText(engine.tokenizer)
         created = int(time.time())
 

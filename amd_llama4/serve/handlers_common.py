@@ -12,6 +12,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from amd_llama4.multimodal.media import MediaError, MediaLimits, load_image
 from amd_llama4.serve import protocol as P
 from amd_llama4.serve.engine_provider import EngineProvider
 from amd_llama4.serve.generation import ClientGone, Generation
@@ -42,10 +43,11 @@ class State:
     """One app's engine provider, metrics, admission counter and request options."""
 
     def __init__(self, provider: EngineProvider, metrics: ServeMetrics, *, max_queue: int,
-                 request_timeout_s: float, served_model_name: str | None) -> None:
+                 request_timeout_s: float, served_model_name: str | None, media: MediaLimits | None = None) -> None:
         self.provider, self.metrics = provider, metrics
         self.max_queue, self.request_timeout_s = max_queue, request_timeout_s
         self.served_model_name = served_model_name
+        self.media = media or MediaLimits()
         self.in_flight = 0
 
     def admit(self) -> Slot:
@@ -117,6 +119,35 @@ async def tokenize_chat(engine: Any, messages: list[dict[str, Any]]) -> list[int
     return list(out)
 
 
+async def load_images(limits: MediaLimits, urls: list[str]) -> list[Any]:
+    """The request's image_url parts as RGB PIL images, decoded off the event loop. Every media
+    problem is the client's: 400 naming it."""
+    if len(urls) > limits.limit_images:
+        raise bad_request(f"messages: {len(urls)} images in one prompt; this server accepts at most "
+                          f"{limits.limit_images} (--limit-mm-per-prompt image=N)", "messages", "too_many_images")
+    images = []
+    for i, url in enumerate(urls):
+        try:
+            images.append(await asyncio.to_thread(load_image, url, limits))
+        except MediaError as e:
+            raise bad_request(f"messages: image {i}: {e}", "messages", "invalid_image") from None
+    return images
+
+
+class _EngineWithImages:
+    """The engine as one request with images sees it: generate() also hands over the images
+    (Generation calls engine.generate(ids, params, request_id)); everything else is the engine's."""
+
+    def __init__(self, engine: Any, images: list[Any]) -> None:
+        self._engine, self._mm = engine, {"image": images}
+
+    def generate(self, prompt: Any, params: Any, request_id: str) -> Any:
+        return self._engine.generate(prompt, params, request_id, multi_modal_data=self._mm)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
 def _max_tokens(engine: Any, prompt_len: int, requested: int | None) -> int:
     max_len = int(engine.max_model_len)
     if prompt_len == 0:
@@ -143,19 +174,22 @@ def _params(engine: Any, body: P._SamplingFields, prompt_len: int, requested: in
 
 
 async def begin(state: State, body: P._SamplingFields, tokenize: Callable[[Any], Any], requested: int | None,
-                logprobs: int | None, id_prefix: str) -> tuple[Slot, Any, str, Generation]:
-    """Admission, engine, model check, tokenisation and the engine request; the slot is released on
-    any failure before the request exists."""
+                logprobs: int | None, id_prefix: str, image_urls: list[str] | None = None
+                ) -> tuple[Slot, Any, str, Generation]:
+    """Admission, engine, model check, images, tokenisation and the engine request; the slot is
+    released on any failure before the request exists. With images the prompt holds one `<|image|>`
+    per image; the engine expands them (so it checks the expanded length against max_model_len)."""
     slot = state.admit()
     try:
         arrival = time.monotonic()
         engine = await state.engine()
         model = state.check_model(engine, body.model)
+        images = await load_images(state.media, image_urls) if image_urls else []
         prompt_ids = await tokenize(engine)
         params = _params(engine, body, len(prompt_ids), requested, logprobs)
-        gen = Generation(engine, prompt_ids, params, P.random_id(id_prefix),
-                         deadline=arrival + state.request_timeout_s, arrival=arrival, metrics=state.metrics,
-                         on_engine_dead=state.provider.mark_dead)
+        gen = Generation(_EngineWithImages(engine, images) if images else engine, prompt_ids, params,
+                         P.random_id(id_prefix), deadline=arrival + state.request_timeout_s, arrival=arrival,
+                         metrics=state.metrics, on_engine_dead=lambda _: state.provider.mark_dead(engine))
         return slot, engine, model, gen
     except BaseException:
         slot.release()
@@ -238,9 +272,12 @@ async def deltas(gen: Generation, first: Any) -> AsyncIterator[tuple[Any, int]]:
 
 
 def usage(gen: Generation, final: Any = None) -> dict[str, int]:
-    """The prompt once; completion tokens summed over the returned choices."""
+    """The prompt once (as the engine ran it: with images, their expanded tokens); completion tokens
+    summed over the returned choices."""
     n = sum(len(c.token_ids) for c in final.outputs) if final is not None else gen.num_generated
-    return {"prompt_tokens": gen.prompt_len, "completion_tokens": n, "total_tokens": gen.prompt_len + n}
+    ran = final if final is not None else gen.acc.request
+    prompt = len(ran.prompt_token_ids) if ran is not None and ran.prompt_token_ids else gen.prompt_len
+    return {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
 
 
 def openapi_responses(model: Any) -> dict:

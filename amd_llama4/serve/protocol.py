@@ -270,9 +270,15 @@ class CompletionStreamResponse(CompletionResponse):
 # /v1/chat/completions
 
 
+class ImageURL(_Model):
+    url: str = Field(..., description="data:image/...;base64,... or http(s) on an allowed media domain")
+    detail: Literal["auto", "low", "high"] | None = None  # accepted (OpenAI's); Llama 4 tiles every image
+
+
 class ContentPart(_Model):
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
 
 
 class ChatMessage(_Model):
@@ -281,17 +287,29 @@ class ChatMessage(_Model):
     name: str | None = Field(None, max_length=256)
     tool_call_id: str | None = None
 
-    def text(self) -> str:
-        """Flattens text parts; other part types (images, audio) are not supported."""
+    def image_urls(self) -> list[str]:
+        """The URLs of this message's image_url parts, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [p.image_url.url for p in self.content if p.type == "image_url" and p.image_url is not None]
+
+    def template_content(self) -> str | list[dict[str, Any]]:
+        """Text parts flattened to one string; with images, the parts list the chat template turns
+        into one image placeholder per image_url part. Other part types (audio, ...) are refused."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        out = []
+        parts: list[dict[str, Any]] = []
         for part in self.content:
-            if part.type != "text" or part.text is None:
-                raise bad_request(f"content part type {part.type[:32]!r} is not supported (text only)",
-                                  "messages", "unsupported")
-            out.append(part.text)
-        return "".join(out)
+            if part.type == "text" and part.text is not None:
+                parts.append({"type": "text", "text": part.text})
+            elif part.type == "image_url" and part.image_url is not None:
+                parts.append({"type": "image_url"})
+            else:
+                raise bad_request(f"content part type {part.type[:32]!r} is not supported (text and image_url "
+                                  "with image_url.url)", "messages", "unsupported")
+        if all(p["type"] == "text" for p in parts):
+            return "".join(p["text"] for p in parts)
+        return parts
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -325,13 +343,17 @@ class ChatCompletionRequest(_SamplingFields):
     def template_messages(self) -> list[dict[str, Any]]:
         out = []
         for m in self.messages:
-            d: dict[str, Any] = {"role": m.role, "content": m.text()}
+            d: dict[str, Any] = {"role": m.role, "content": m.template_content()}
             if m.name is not None:
                 d["name"] = m.name
             if m.tool_call_id is not None:
                 d["tool_call_id"] = m.tool_call_id
             out.append(d)
         return out
+
+    def image_urls(self) -> list[str]:
+        """Every image_url part's URL, in prompt order (the order of the template's placeholders)."""
+        return [u for m in self.messages for u in m.image_urls()]
 
 
 class TopLogprob(_Strict):

@@ -177,7 +177,7 @@ def verify_checkpoint(folder: str, expected: dict[str, torch.Tensor] | None = No
 
 
 def convert_checkpoint(src: str, out: str, fmt: str, block: int | None = None, max_shard_size: str | int = "5GB",
-                       dtype: torch.dtype = torch.bfloat16, progress: bool = True, seed: int = 0) -> str:
+                       dtype: torch.dtype = torch.bfloat16, progress: bool = True, seed: int | None = None) -> str:
     """src (preset, high-precision or FP8 checkpoint folder) -> FP8 checkpoint in `out` (must not exist).
     A pre-quantised source keeps its scale layout and is only re-expressed in `fmt` (fn -> fnuz exactly).
     Written to `out`.partial, verified, then renamed, so `out` only ever holds a verified checkpoint."""

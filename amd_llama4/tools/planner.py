@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from amd_llama4.config import Llama4Config, is_preset, load_config
 from amd_llama4.platform import DEVICE_SPECS
+from amd_llama4.tools.planner_vision import format_vision, plan_vision
 
 # bytes per weight; int4 carries a bf16 scale per group of 128 weights (weight-only, GPTQ/AWQ-style)
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5 + 2.0 / 128}
@@ -37,6 +38,7 @@ class PlanInput:
     gpu_memory_utilization: float = 0.90  # share of HBM the engine may use (the rest: runtime, fragmentation)
     max_batched_tokens: int = 8192  # tokens per forward step (prefill chunk), sizes the workspace
     runtime_overhead_gb: float = 2.0  # per GPU: HIP/CUDA context, RCCL buffers, graphs
+    images_per_prompt: int = 0  # multimodal checkpoints: images per prompt (their tokens are part of `context`)
 
     def __post_init__(self) -> None:
         if not (is_preset(self.model) or os.path.isdir(self.model)):
@@ -50,6 +52,8 @@ class PlanInput:
         for name in ("num_gpus", "context", "concurrency", "max_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"plan: {name} must be >= 1, got {getattr(self, name)}")
+        if self.images_per_prompt < 0:
+            raise ValueError(f"plan: images_per_prompt must be >= 0, got {self.images_per_prompt}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"plan: gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
@@ -216,11 +220,23 @@ def plan(p: PlanInput) -> dict:
     per_tok = (4 * H + (2 * heads_q + 2 * heads_kv) * D + 3 * i_max / N
                + MOE_ACT_COPIES * H * cfg.num_experts_per_tok)
     workspace = T * per_tok * 2 + p.concurrency * cfg.vocab_size / N * 4 + p.runtime_overhead_gb * 1e9
+    vision, vision_bytes = None, 0
+    if cfg.vision_config is not None:  # the tower is loaded (replicated, bf16) whether or not images come
+        vision = plan_vision(cfg, p.model, p.images_per_prompt, p.concurrency,
+                             spec.bf16_tflops * 1e12, spec.hbm_tb_s * 1e12)
+        vision_bytes = (vision["vision_weights_bytes_per_gpu"] + vision["encoder_workspace_bytes_per_gpu"]
+                        + vision["encoder_cache_bytes_per_gpu"])
+        if vision["image_tokens_per_prompt_max"] >= p.context:
+            raise ValueError(f"plan: {p.images_per_prompt} images can take {vision['image_tokens_per_prompt_max']} "
+                             f"tokens, not less than context {p.context}: raise --context or lower "
+                             "--images-per-prompt")
+    elif p.images_per_prompt:
+        raise ValueError(f"plan: model {p.model!r} has no vision tower (text-only config); drop --images-per-prompt")
 
     capacity = spec.memory_gb * 1e9
     usable = capacity * p.gpu_memory_utilization
-    need = weights_per_gpu + kv_per_gpu + workspace
-    kv_budget_per_gpu = usable - weights_per_gpu - workspace
+    need = weights_per_gpu + kv_per_gpu + workspace + vision_bytes
+    kv_budget_per_gpu = usable - weights_per_gpu - workspace - vision_bytes
     kv_budget_total = max(kv_budget_per_gpu, 0) * kv_shards
     max_ctx_mem = max_context_for(cfg, p.kv, kv_budget_total / p.concurrency)
     max_conc = int(kv_budget_total // kv_seq) if kv_seq else 0
@@ -253,6 +269,7 @@ def plan(p: PlanInput) -> dict:
     ckpt = None if is_preset(p.model) else checkpoint_report(p.model)
     return {
         "checkpoint": ckpt,
+        "vision": vision,
         "input": asdict(p),
         "gpu_spec": asdict(spec),
         "params_total": pc.total,
@@ -271,6 +288,7 @@ def plan(p: PlanInput) -> dict:
         "kv_bytes_per_gpu": kv_per_gpu,
         "kv_shards": kv_shards,
         "workspace_bytes_per_gpu": workspace,
+        "vision_bytes_per_gpu": vision_bytes,
         "memory_bytes_per_gpu": need,
         "gpu_memory_bytes": capacity,
         "usable_bytes_per_gpu": usable,
@@ -295,6 +313,8 @@ def plan(p: PlanInput) -> dict:
                          "embedding, lm_head, router and norms stay bf16; fp8 per-channel scales ignored (<0.1%)",
             "sharding": "weights split over all GPUs (TP/EP); KV heads split over min(N, 8) GPUs",
             "kv": "global (NoPE) layers keep the whole context; chunked layers at most one chunk per sequence",
+            "vision": "tower replicated on every GPU in bf16 (weights + one layer's activations over a prompt's "
+                      "tiles + the prompt's projected features); image tokens are part of `context`",
             "workspace": f"{T} batched tokens of bf16 activations + fp32 logits + {p.runtime_overhead_gb} GB runtime",
             "roofline": "upper bound: max(bytes/HBM, FLOPs/peak) over all N GPUs; no communication, 100% efficiency",
             "per_node": f"{GPUS_PER_NODE} GPUs per node; fewer GPUs per deployment = replicas filling the node",
@@ -334,6 +354,8 @@ def format_plan(r: dict) -> str:
         f"  prefill (roofline)  {r['prefill_tokens_per_s']:,.0f} tok/s for a {i['context']:,}-token prompt "
         f"({r['prefill_s']:,.2f} s, {r['prefill_bound']}-bound); {r['prefill_tokens_per_s_8k']:,.0f} tok/s at 8K",
     ]
+    if r.get("vision"):
+        lines += format_vision(r["vision"])
     c = r.get("checkpoint")
     if c:
         lines.append(f"  checkpoint headers  {_gb(c['header_bytes'])} ({_gb(c['header_bytes_text'])} text); loaded "

@@ -78,7 +78,8 @@ def test_max_context_inverts_kv_size(budget):
 def test_max_context_and_concurrency_consistent_with_budget():
     inp = PlanInput(model="maverick", gpu="h200", num_gpus=8, weights="fp8", kv="fp8", context=32768, concurrency=16)
     r = plan(inp)
-    budget = (r["usable_bytes_per_gpu"] - r["weights_bytes_per_gpu"] - r["workspace_bytes_per_gpu"]) * 8
+    budget = (r["usable_bytes_per_gpu"] - r["weights_bytes_per_gpu"] - r["workspace_bytes_per_gpu"]
+              - r["vision_bytes_per_gpu"]) * 8
     assert r["max_concurrency"] * r["kv_bytes_per_sequence"] <= budget < (r["max_concurrency"] + 1) * r[
         "kv_bytes_per_sequence"]
     cfg = preset("maverick")
@@ -210,3 +211,73 @@ def test_cli_plan_checkpoint_folder(released, capsys, no_reads):
     assert "checkpoint headers" in out and "tp 8:" in out
     with pytest.raises(ValueError, match="neither a preset nor a checkpoint folder"):
         PlanInput(model="/nonexistent/llama")
+
+
+# -- images (tools/planner_vision.py) -----------------------------------------------------------------
+
+def test_image_tokens_per_prompt_scout():
+    r = plan(PlanInput(model="scout", gpu="mi300x", num_gpus=8, context=65536, images_per_prompt=8))
+    v = r["vision"]
+    # 336 px tiles of 14 px patches: 24 x 24 = 576 patches, pixel shuffle 0.5 -> 144 tokens per tile
+    assert (v["max_patches"], v["tokens_per_tile"]) == (16, 144)
+    assert v["image_patch_tokens_max"] == (16 + 1) * 144 == 2448
+    assert v["image_tokens_max"] == 2448 + 16 + 3  # separators after tiles + start/image/end markers
+    assert v["image_tokens_per_prompt_max"] == 8 * 2467
+    assert v["encoder_cache_bytes_per_gpu"] == 8 * 2448 * H * 2  # projected features, bf16
+    assert r["vision_bytes_per_gpu"] == (v["vision_weights_bytes_per_gpu"] + v["encoder_workspace_bytes_per_gpu"]
+                                         + v["encoder_cache_bytes_per_gpu"])
+    assert r["memory_bytes_per_gpu"] == pytest.approx(r["weights_bytes_per_gpu"] + r["kv_bytes_per_gpu"]
+                                                      + r["workspace_bytes_per_gpu"] + r["vision_bytes_per_gpu"])
+    assert 0 < v["encoder_images_per_s_max_tiles"] < 1e4
+    none = plan(PlanInput(model="scout", gpu="mi300x", num_gpus=8, context=65536))["vision"]
+    assert none["image_tokens_per_prompt_max"] == 0 and none["encoder_cache_bytes_per_gpu"] == 0
+    assert none["vision_weights_bytes_per_gpu"] == v["vision_weights_bytes_per_gpu"]  # loaded regardless
+
+
+def test_vision_params_equal_transformers():
+    """The tower's parameter count against transformers' Llama4VisionModel + projector (meta device)."""
+    import torch
+
+    tr = pytest.importorskip("transformers")
+    from transformers.models.llama4 import modeling_llama4 as hf
+
+    from amd_llama4.tools.planner_vision import vision_params
+
+    cfg = preset("scout")
+    hf_cfg = tr.Llama4Config(**cfg.to_hf_multimodal_dict())
+    with torch.device("meta"):
+        mods = (hf.Llama4VisionModel(hf_cfg.vision_config), hf.Llama4MultiModalProjector(hf_cfg))
+    assert vision_params(cfg) == sum(p.numel() for m in mods for p in m.parameters())
+    assert 0.85e9 < vision_params(cfg) < 0.9e9
+
+
+def test_images_bad_inputs(monkeypatch):
+    with pytest.raises(ValueError, match="images_per_prompt must be >= 0"):
+        PlanInput(model="scout", images_per_prompt=-1)
+    with pytest.raises(ValueError, match="raise --context or lower --images-per-prompt"):
+        plan(PlanInput(model="scout", context=4096, images_per_prompt=2))  # 2 x 2467 tokens
+    monkeypatch.setattr(planner, "load_config", lambda m: preset("tiny-scout", vision_config=None))
+    with pytest.raises(ValueError, match="no vision tower"):
+        plan(PlanInput(model="tiny-scout", images_per_prompt=1))
+    assert plan(PlanInput(model="tiny-scout"))["vision"] is None
+
+
+def test_max_patches_from_preprocessor_config(tmp_path):
+    from amd_llama4.tools.planner_vision import max_patches_of, plan_vision
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"max_patches": 3}))
+    assert max_patches_of(str(tmp_path)) == 3 and max_patches_of("scout") == 16
+    cfg = preset("tiny-scout")
+    v = plan_vision(cfg, str(tmp_path), 2, 1, 1e15, 1e12)
+    per_tile = cfg.vision_config.tokens_per_tile
+    assert v["max_patches"] == 3 and v["image_patch_tokens_max"] == 4 * per_tile
+    assert v["image_tokens_per_prompt_max"] == 2 * (4 * per_tile + 3 + 3)
+
+
+def test_cli_images(capsys):
+    assert cli.main(["plan", "--model", "maverick", "--weights", "fp8", "--context", "32768",
+                     "--images-per-prompt", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 per prompt, up to 2,467 tokens each" in out and "vision encoder" in out
+    assert cli.main(["plan", "--model", "scout", "--context", "1000", "--images-per-prompt", "1"]) == 2
+    assert "raise --context" in capsys.readouterr().out

@@ -5,12 +5,15 @@ for the first time, the ones gone since the last step, and per scheduled sequenc
 and only the changes of its block tables: a decode step's message does not grow with the context.
 Rank 0 -> driver: the sampled ids (and requested logprobs) as SampleResults, never logits.
 Every rank keeps the same mirror (block tables; rank 0 also samples from the sampling states).
+Images: a request's pixel values and patch positions go once, with its NewRequest; every rank holds
+the (replicated) vision tower and its own encoder cache, so each encodes the images itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.mm_inputs import EncoderCache, MMRequest
 from amd_llama4.engine.runner import StepItem
 from amd_llama4.engine.sampler import SamplingState
 from amd_llama4.engine.sampling_params import SamplingParams
@@ -23,6 +26,7 @@ class NewRequest:
     prompt_token_ids: list[int]
     eos_token_ids: list[int]
     output_token_ids: list[int]
+    images: MMRequest | None = None  # pixel values + patch positions (engine/mm_inputs.py)
 
 
 @dataclass
@@ -61,18 +65,20 @@ class StepEncoder:
         self._chunk_start: dict[int, int] = {}
 
     def encode(self, seqs, num_tokens: list[int], sample: list[bool], states: list[SamplingState],
-               live: set[int]) -> StepMessage:
+               live: set[int], images: list[MMRequest | None] | None = None) -> StepMessage:
         """seqs: the scheduler's Sequences of this step; states: their SamplingStates; live: keys
-        (Sequence.arrival) of every sequence the engine still holds (the rest are dropped)."""
+        (Sequence.arrival) of every sequence the engine still holds (the rest are dropped);
+        images: each sequence's request images (None: none)."""
+        images = images or [None] * len(seqs)
         finished = [k for k in self._sent if k not in live]
         for k in finished:
             del self._sent[k], self._chunk_start[k]
         new, steps = [], []
-        for seq, n, smp, st in zip(seqs, num_tokens, sample, states):
+        for seq, n, smp, st, mm in zip(seqs, num_tokens, sample, states, images):
             key = seq.arrival
             if key not in self._sent:
                 new.append(NewRequest(key, st.params, list(st.prompt_token_ids), list(st.eos_token_ids),
-                                      list(st.output_token_ids)))
+                                      list(st.output_token_ids), mm))
                 self._sent[key], self._chunk_start[key] = {}, 0
             step = SeqStep(key, seq.token_ids[seq.num_computed:seq.num_computed + n], seq.num_computed, smp)
             sent = self._sent[key]
@@ -97,13 +103,21 @@ class StepMirror:
     def __init__(self) -> None:
         self.blocks: dict[int, SeqBlocks] = {}
         self.sampling: dict[int, SamplingState] = {}
+        self.images: dict[int, MMRequest] = {}  # live sequences with images
+        self.encoder_cache = EncoderCache()  # this rank's features, referenced by those sequences
 
     def apply(self, msg: StepMessage) -> tuple[list[StepItem], list[int], list[SamplingState]]:
         """-> (the runner's items, rows to sample, their sampling states)."""
         for k in msg.finished:
             self.blocks.pop(k, None)
             self.sampling.pop(k, None)
+            mm = self.images.pop(k, None)
+            if mm is not None:
+                self.encoder_cache.release(mm.hashes)
         for r in msg.new:
+            if r.images is not None:
+                self.images[r.key] = r.images
+                self.encoder_cache.acquire(r.images.hashes)
             self.blocks[r.key] = SeqBlocks()
             st = self.sampling[r.key] = SamplingState(r.params, r.prompt_token_ids, r.eos_token_ids)
             for t in r.output_token_ids:
@@ -123,3 +137,7 @@ class StepMirror:
                 rows.append(row)
                 states.append(self.sampling[s.key])
         return items, rows, states
+
+    def image_pieces(self, msg: StepMessage) -> list[tuple[MMRequest | None, int, int]]:
+        """(images, start, n) per item of msg (after apply), for mm_inputs.step_image_features."""
+        return [(self.images.get(s.key), s.start, len(s.tokens)) for s in msg.seqs]

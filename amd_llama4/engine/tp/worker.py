@@ -78,6 +78,12 @@ class Worker:
         if self.runner is None:
             raise RuntimeError("Worker.execute before init_cache: the engine must size the KV cache first")
         items, rows, states = self.mirror.apply(msg)
+        if self.mirror.images:  # early fusion: this rank's replicated tower, its own encoder cache
+            from amd_llama4.engine.mm_inputs import step_image_features
+
+            feats = step_image_features(self.mirror.image_pieces(msg), self.mirror.encoder_cache, self.model)
+            for it, f in zip(items, feats):
+                it.images = f
         # every rank joins the collectives; only rank 0 samples, so only it runs the LM head, on the sampled rows
         logits = self.runner.execute(items, rows=rows if self.rank == 0 else [])  # [len(rows), V]
         if self.rank != 0 or not rows:
@@ -86,6 +92,12 @@ class Worker:
         for st, res in zip(states, results):  # the driver appends the same ids to its own states
             st.append(res.token_id)
         return results
+
+    def has_vision(self) -> bool:
+        """The loaded model has a vision tower (the checkpoint held vision_model.* tensors)."""
+        from amd_llama4.model.multimodal import Llama4ForConditionalGeneration
+
+        return isinstance(self.model, Llama4ForConditionalGeneration)
 
     def resident_weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
