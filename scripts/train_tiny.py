@@ -30,7 +30,7 @@ from amd_llama4.engine.tokenizer import Tokenizer  # noqa: E402
 from amd_llama4.model.loader import build_model  # noqa: E402
 # The differentiable expert computation, the backend switch, the schedule and the corpus are the FP8
 # tests' trained fixture's: one training recipe in the repository.
-from tests.quant.tiny_trained import TRAIN_MODULES, TrainSpec, _lr, _torch_backend_with_autograd, module_text  # noqa: E402,E501
+from tests.quant.tiny_trained import TRAIN_MODULES, TrainSpec, fit, module_text  # noqa: E402
 
 OUT = REPO / "amd_llama4" / "assets" / "tiny_weights"
 SPEC = TrainSpec(steps=600, batch=8, seq=128, lr=3e-3, warmup=30)
@@ -80,27 +80,13 @@ def train(name: str, spec: TrainSpec, seed: int = 0) -> tuple[dict, float]:
     chats = chat_examples(tok)
     torch.manual_seed(seed)
     model = build_model(preset(name)).init_random(seed)
-    model.train()
-    params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=spec.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(1000 + seed)
-    losses = []
-    with _torch_backend_with_autograd(model):
-        for step in range(spec.steps):
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, spec)
-            chunk = batch(g, text, chats, spec, tok.bos_token_id)  # [B, seq + 1]
-            logits = model.compute_logits(model.hidden_states(chunk[:, :-1]))  # [B, seq, V]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            losses.append(loss.item())
-            if step % 200 == 0 or step == spec.steps - 1:
-                print(f"{name} step {step}: loss {sum(losses[-50:]) / len(losses[-50:]):.3f}", flush=True)
+
+    def log(step: int, losses: list[float]) -> None:
+        if step % 200 == 0 or step == spec.steps - 1:
+            print(f"{name} step {step}: loss {sum(losses[-50:]) / len(losses[-50:]):.3f}", flush=True)
+
+    losses = fit(model, spec, lambda: batch(g, text, chats, spec, tok.bos_token_id), log)
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     return state, sum(losses[-50:]) / len(losses[-50:])
 

@@ -29,6 +29,9 @@ _FLAGS = (
     ("--tensor-parallel-size", "tensor_parallel_size", dict(type=int, help="GPUs per engine")),
     ("--expert-parallel", "expert_parallel", dict(action="store_true", default=None,
                                                   help="split MoE experts across tensor-parallel ranks")),
+    ("--mm-encoder-tp-mode", "mm_encoder_tp_mode",
+     dict(choices=["weights", "data"], help="images under tensor parallelism: weights (default: every rank "
+                                            "encodes every image) | data (ranks split a step's images)")),
 )
 
 

@@ -46,6 +46,9 @@ class EngineArgs:
     accelerator_type: str | None = None
     # automatic prefix caching (vLLM's default): requests reuse cached KV blocks of a shared prefix
     enable_prefix_caching: bool = True
+    # images under tensor parallelism (vLLM's name): "weights" = every rank encodes every image with its
+    # replicated tower; "data" = each rank encodes a share of a step's images, one all_gather shares them
+    mm_encoder_tp_mode: str = "weights"
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -62,6 +65,9 @@ class EngineArgs:
             raise ValueError(f"gpu_memory_utilization {self.gpu_memory_utilization} must be in (0, 1]")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
             raise ValueError(f"kv_cache_memory_bytes {self.kv_cache_memory_bytes} must be positive (or None: measure)")
+        if self.mm_encoder_tp_mode not in ("weights", "data"):
+            raise ValueError(f"mm_encoder_tp_mode {self.mm_encoder_tp_mode!r} must be 'weights' (every rank encodes "
+                             "every image) or 'data' (ranks split a step's images)")
 
 
 @dataclass(eq=False)

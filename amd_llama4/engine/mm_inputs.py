@@ -9,7 +9,9 @@ each `<|image|>` of its prompt is expanded into Llama4Processor's tile/patch tok
 The vision tower runs once per distinct image (hash of its decoded pixels): features live in the
 EncoderCache while any unfinished request holds the image, so a later piece, a recompute after
 preemption, another sample of the same request or another request with the same image reuses them.
-Images missing in one step are encoded together (one tower call over all their tiles).
+Images missing in one step are encoded together (one tower call over all their tiles); under
+tensor parallelism with mm_encoder_tp_mode="data" an `encode` hook (engine/mm_encoder_dp.py) splits
+them across the ranks instead.
 """
 from __future__ import annotations
 
@@ -95,6 +97,18 @@ class MMRequest:
         return rows, torch.cat(feats) if len(feats) > 1 else feats[0]
 
 
+def encode_images(images: Sequence[ImageItem], model) -> list[torch.Tensor]:
+    """One tower call over all the images' tiles -> per image its feature rows [tokens, H]."""
+    if not images:
+        return []
+    feats = model.image_features(torch.cat([im.pixel_values for im in images]))  # [sum tokens, H]
+    return list(feats.split([im.num_tokens for im in images]))
+
+
+# (images to encode, model) -> per image its features [tokens, H]
+Encode = Callable[[Sequence[ImageItem], Any], list[torch.Tensor]]
+
+
 @dataclass
 class EncoderCache:
     """Image hash -> projected vision features [tokens, H] on the model's device, held while any
@@ -118,8 +132,10 @@ class EncoderCache:
                 self.refs.pop(h, None)
                 self.features.pop(h, None)
 
-    def ensure(self, images: Sequence[ImageItem], model) -> None:
-        """Encode the images not cached yet, in one tower call over all their tiles."""
+    def ensure(self, images: Sequence[ImageItem], model, encode: "Encode | None" = None) -> None:
+        """Encode the images not cached yet: `encode(todo, model)` (default encode_images: one tower
+        call over all their tiles). Every tensor-parallel rank computes the same todo list, in the
+        same order (same step message, same cache), which a distributed `encode` relies on."""
         todo, seen = [], set()
         for im in images:
             if im.hash not in self.features and im.hash not in seen:
@@ -127,8 +143,10 @@ class EncoderCache:
                 seen.add(im.hash)
         if not todo:
             return
-        feats = model.image_features(torch.cat([im.pixel_values for im in todo]))  # [sum tokens, H]
-        for im, f in zip(todo, feats.split([im.num_tokens for im in todo])):
+        feats = (encode or encode_images)(todo, model)
+        if len(feats) != len(todo):
+            raise RuntimeError(f"encoder: {len(feats)} feature tensors for {len(todo)} images")
+        for im, f in zip(todo, feats):
             if f.shape[0] != im.num_tokens:
                 raise RuntimeError(f"encoder: image gave {f.shape[0]} feature rows for {im.num_tokens} patch tokens")
             self.features[im.hash] = f
@@ -142,14 +160,15 @@ class EncoderCache:
         return len(self.features)
 
 
-def step_image_features(pieces: Sequence[tuple[MMRequest | None, int, int]], cache: EncoderCache, model
-                        ) -> list[tuple[list[int], torch.Tensor] | None]:
+def step_image_features(pieces: Sequence[tuple[MMRequest | None, int, int]], cache: EncoderCache, model,
+                        encode: Encode | None = None) -> list[tuple[list[int], torch.Tensor] | None]:
     """pieces: (request images or None, start, n) per step item -> per item (rows within the
-    item, feature rows) or None. Encodes the images this step needs and the cache lacks."""
+    item, feature rows) or None. Encodes the images this step needs and the cache lacks, with
+    `encode` (EncoderCache.ensure)."""
     needed = [im for mm, s, n in pieces if mm is not None for im in mm.overlapping(s, n)]
     if not needed:
         return [None] * len(pieces)
-    cache.ensure(needed, model)
+    cache.ensure(needed, model, encode)
     return [mm.piece(s, n, cache.__getitem__) if mm is not None else None for mm, s, n in pieces]
 
 
@@ -238,6 +257,7 @@ def images_of(multi_modal_data: dict | None) -> list[Any]:
     return list(imgs) if isinstance(imgs, (list, tuple)) else [imgs]
 
 
-__all__ = ["EncoderCache", "ImageItem", "MMRequest", "MultiModalProcessor", "image_hash", "images_of",
+__all__ = ["Encode", "EncoderCache", "ImageItem", "MMRequest", "MultiModalProcessor", "encode_images", "image_hash",
+           "images_of",
            "processor_folder",
            "step_image_features"]

@@ -33,6 +33,7 @@ _ENGINE_ARG_TYPES: dict[str, Callable[[Any], Any]] = {
     "model": str, "tensor_parallel_size": int, "max_model_len": int, "max_num_seqs": int,
     "max_num_batched_tokens": int, "dtype": str, "device": str, "kv_cache_dtype": str, "quantization": str,
     "gpu_memory_utilization": float, "kv_cache_memory_bytes": int, "accelerator_type": str,
+    "mm_encoder_tp_mode": str,
 }
 # Ray's own headroom over our admission bound, so our 429 (not Ray's queue) answers overload.
 _ONGOING_HEADROOM = 16

@@ -120,25 +120,22 @@ def _lr(step: int, spec: TrainSpec) -> float:
     return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))  # cosine to 10%
 
 
-def train(seed: int, data: torch.Tensor, spec: TrainSpec = TrainSpec()):
-    """-> (state_dict of the trained fp32 model, info dict: seconds, final train loss)."""
-    torch.manual_seed(seed)
-    model = build_model(config()).init_random(seed)
+def fit(model: torch.nn.Module, spec: TrainSpec, next_batch, log=None) -> list[float]:
+    """Next-token training of `model` for spec.steps batches (next_batch() -> [B, seq + 1]): AdamW with
+    weight decay on matrices only, cosine LR, clipped gradients, through the torch reference ops.
+    log(step, losses) is called after each step. -> the per-step losses."""
     model.train()
     params = [p for p in model.parameters()]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
-    g = torch.Generator().manual_seed(1000 + seed)
-    span = spec.seq  # tokens drawn per sequence: bos is prepended, the last one is only a target
-    t0, losses = time.perf_counter(), []
+    losses = []
     with _torch_backend_with_autograd(model):
         for step in range(spec.steps):
             for group in opt.param_groups:
                 group["lr"] = _lr(step, spec)
-            starts = torch.randint(0, data.numel() - span, (spec.batch,), generator=g)
-            chunk = torch.stack([F.pad(data[s:s + span], (1, 0), value=BOS) for s in starts.tolist()])  # [B, seq + 1]
+            chunk = next_batch()  # [B, seq + 1]
             logits = model.compute_logits(model.hidden_states(chunk[:, :-1]))  # [B, seq, V]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -146,6 +143,24 @@ def train(seed: int, data: torch.Tensor, spec: TrainSpec = TrainSpec()):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(loss.item())
+            if log is not None:
+                log(step, losses)
+    return losses
+
+
+def train(seed: int, data: torch.Tensor, spec: TrainSpec = TrainSpec()):
+    """-> (state_dict of the trained fp32 model, info dict: seconds, final train loss)."""
+    torch.manual_seed(seed)
+    model = build_model(config()).init_random(seed)
+    g = torch.Generator().manual_seed(1000 + seed)
+    span = spec.seq  # tokens drawn per sequence: bos is prepended, the last one is only a target
+
+    def next_batch() -> torch.Tensor:
+        starts = torch.randint(0, data.numel() - span, (spec.batch,), generator=g)
+        return torch.stack([F.pad(data[s:s + span], (1, 0), value=BOS) for s in starts.tolist()])
+
+    t0 = time.perf_counter()
+    losses = fit(model, spec, next_batch)
     seconds = time.perf_counter() - t0
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return state, {"seconds": seconds, "train_loss": sum(losses[-20:]) / len(losses[-20:])}

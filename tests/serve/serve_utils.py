@@ -119,3 +119,25 @@ def wait_until(cond, timeout: float = 5.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def real_engine_server(max_queue: int, **engine_args):
+    """The OpenAI app over the REAL engine (AsyncEngine.from_config(**engine_args)) on a live port;
+    `.engines` lists every engine the provider built (a dead one is rebuilt). Shut down on exit."""
+    from amd_llama4.engine.async_engine import AsyncEngine
+    from amd_llama4.serve.app import build_app
+
+    engines = []
+
+    def factory():
+        engines.append(AsyncEngine.from_config(**engine_args))
+        return engines[-1]
+
+    try:
+        with LiveServer(build_app(factory, max_queue=max_queue)) as srv:
+            srv.engines = engines
+            yield srv
+    finally:
+        for e in engines:
+            e.shutdown()

@@ -5,7 +5,7 @@ import asyncio
 import json
 
 import pytest
-from serve_utils import LiveServer, need, run, wait_until
+from serve_utils import need, real_engine_server, run, wait_until
 
 openai = need("openai")
 httpx = need("httpx")
@@ -13,20 +13,8 @@ httpx = need("httpx")
 
 @pytest.fixture(scope="module")
 def server():
-    from amd_llama4.engine.async_engine import AsyncEngine
-    from amd_llama4.serve.app import build_app
-
-    engines = []
-
-    def factory():
-        engines.append(AsyncEngine.from_config(model="tiny-scout", max_num_seqs=32, max_model_len=512))
-        return engines[-1]
-
-    with LiveServer(build_app(factory, max_queue=128)) as srv:
-        srv.engines = engines
+    with real_engine_server(128, model="tiny-scout", max_num_seqs=32, max_model_len=512) as srv:
         yield srv
-    for e in engines:
-        e.shutdown()
 
 
 def _client(srv):

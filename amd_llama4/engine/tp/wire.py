@@ -6,7 +6,9 @@ and only the changes of its block tables: a decode step's message does not grow 
 Rank 0 -> driver: the sampled ids (and requested logprobs) as SampleResults, never logits.
 Every rank keeps the same mirror (block tables; rank 0 also samples from the sampling states).
 Images: a request's pixel values and patch positions go once, with its NewRequest; every rank holds
-the (replicated) vision tower and its own encoder cache, so each encodes the images itself.
+the (replicated) vision tower and its own encoder cache; each encodes the images itself
+(mm_encoder_tp_mode="weights") or its share, the features then exchanged by one all_gather ("data",
+engine/mm_encoder_dp.py).
 """
 from __future__ import annotations
 

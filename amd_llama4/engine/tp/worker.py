@@ -40,6 +40,12 @@ class Worker:
                                 parallel=self.par, progress=False)
         self.mirror, self.sampler = StepMirror(), Sampler()
         self.runner = None  # init_cache, once the driver has sized the KV pools
+        # images: "weights" = this rank encodes every image of a step; "data" = its share, then one all_gather
+        self.encode = None
+        if args.mm_encoder_tp_mode == "data":
+            from amd_llama4.engine.mm_encoder_dp import DataParallelEncoder
+
+            self.encode = DataParallelEncoder(rank, world)
 
     def ready(self) -> int:
         return self.rank
@@ -81,7 +87,8 @@ class Worker:
         if self.mirror.images:  # early fusion: this rank's replicated tower, its own encoder cache
             from amd_llama4.engine.mm_inputs import step_image_features
 
-            feats = step_image_features(self.mirror.image_pieces(msg), self.mirror.encoder_cache, self.model)
+            feats = step_image_features(self.mirror.image_pieces(msg), self.mirror.encoder_cache, self.model,
+                                        self.encode)
             for it, f in zip(items, feats):
                 it.images = f
         # every rank joins the collectives; only rank 0 samples, so only it runs the LM head, on the sampled rows
@@ -98,6 +105,14 @@ class Worker:
         from amd_llama4.model.multimodal import Llama4ForConditionalGeneration
 
         return isinstance(self.model, Llama4ForConditionalGeneration)
+
+    def mm_encoder_stats(self) -> dict:
+        """Images this rank cached (encoded: all of them) and ran through its own tower (local); in
+        data mode also the images per distributed encode call."""
+        cache = self.mirror.encoder_cache
+        return {"encoded": cache.num_encoded,
+                "local": self.encode.num_local if self.encode is not None else cache.num_encoded,
+                "calls": list(self.encode.calls) if self.encode is not None else None}
 
     def resident_weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
