@@ -80,6 +80,11 @@ class _Request:
     seqs: list[Sequence] = field(default_factory=list)
     failed: bool = False  # a sample ended in an error: the others end as "abort"
     mm: MMRequest | None = None  # its images (features held in the encoder cache until it ends)
+    # params.prompt_logprobs: one entry per prompt position (the first stays None), filled by
+    # position as prefill pieces run (a recompute after preemption rewrites the same values)
+    prompt_logprobs: list | None = None
+    prompt_lps_left: int = 0  # positions not yet filled
+    prompt_lps_sent: bool = False
 
 
 @dataclass(eq=False)
@@ -246,6 +251,19 @@ class LLMEngine:
                              "one generated token is needed)" + ("; use fewer or smaller images" if n_img else ""))
         req = _Request(request_id, text, ids, params, mm=mm)
         extra = mm.block_extra_keys(self.args.block_size) if mm is not None else None
+        if params.prompt_logprobs is not None:
+            if self.parallel:
+                raise ValueError("prompt_logprobs is not supported with tensor_parallel_size > 1 yet")
+            if self.scheduler.prefix is not None and "global" not in self.cache.kinds:
+                # chunked-only models start a prompt at its last chunk (earlier K/V is never read)
+                raise ValueError("prompt_logprobs on a model without global attention layers needs "
+                                 "enable_prefix_caching=False (the prefix cache skips the rows before the last chunk)")
+            req.prompt_logprobs = [None] * len(ids)
+            req.prompt_lps_left = len(ids) - 1
+            # Every prompt row needs its logits: a key of its own on block 0 (prefix_cache.block_hashes
+            # chains keys) means no cached prefix can skip rows. Its samples share the key, so they
+            # still share its prompt blocks.
+            extra = {**(extra or {}), 0: b"prompt_logprobs:" + os.urandom(16) + (extra or {}).get(0, b"")}
         for i, seq_id in enumerate(seq_ids):
             seq = Sequence(seq_id, list(ids), len(ids), self._sample_state(req, i))
             seq.parent = req.seqs[0] if req.seqs else None
@@ -330,19 +348,57 @@ class LLMEngine:
             outputs.append(out)
         if not sched.seqs:
             return outputs
-        # whole prompt (or the last token) computed this step: sample the next one
-        sample = [s.num_computed + n == len(s.token_ids) for s, n in zip(sched.seqs, sched.num_tokens)]
-        results = self._execute(sched.seqs, sched.num_tokens, sample)
+        # whole prompt (or the last token) computed this step: sample the next one (max_tokens=0:
+        # the request ends after its prompt instead)
+        done = [s.num_computed + n == len(s.token_ids) for s, n in zip(sched.seqs, sched.num_tokens)]
+        sample = [d and s.state.sampling.params.max_tokens != 0 for s, d in zip(sched.seqs, done)]
+        # prefill pieces whose request asked for prompt logprobs (sample 0 holds them)
+        full = [i for i, s in enumerate(sched.seqs) if s.state.index == 0 and s.num_computed < s.num_prompt
+                and s.state.request.prompt_logprobs is not None]
+        results, prompt_logits = self._execute(sched.seqs, sched.num_tokens, sample, full)
+        for i, logits in zip(full, prompt_logits):
+            self._prompt_logprobs(sched.seqs[i], logits)
         for seq, n in zip(sched.seqs, sched.num_tokens):
             seq.num_computed += n
-        seqs = [s for s, smp in zip(sched.seqs, sample) if smp]
-        for seq, res in zip(seqs, results):
-            self._append(seq, res)
+        results = iter(results)
+        for seq, d, smp in zip(sched.seqs, done, sample):
+            if not d:
+                continue
+            if smp:
+                self._append(seq, next(results))
+            else:
+                seq.state.finish_reason = "length"
+                if seq.state.detok is not None:
+                    self._add_text(seq.state, seq.state.detok.finish())
             outputs.append(self._output(seq))
             if seq.state.finish_reason is not None:
                 self._requests.pop(seq.request_id, None)
                 self.scheduler.finish(seq)
         return outputs
+
+    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """logits: fp32 [n, V] of the piece's rows, positions start .. start+n-1; row j predicts
+        position start+j+1. One device->host copy per piece."""
+        req, start = seq.state.request, seq.num_computed
+        targets = seq.token_ids[start + 1:min(start + logits.shape[0] + 1, seq.num_prompt)]
+        if not targets:
+            return
+        lp = torch.log_softmax(logits[:len(targets)].float(), dim=-1)  # [m, V]
+        ids = torch.tensor(targets, dtype=torch.long, device=lp.device)
+        chosen = lp.gather(1, ids.unsqueeze(1)).squeeze(1)  # [m]
+        k = min(req.params.prompt_logprobs, lp.shape[1])
+        tv, ti = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [m, k]
+        packed = torch.cat([chosen.double(), ti.double().reshape(-1), tv.double().reshape(-1)]).tolist()
+        m = len(targets)
+        top_i, top_v = packed[m:m + m * k], packed[m + m * k:]
+        name = self.tokenizer.token_text if self.tokenizer is not None else str
+        for j, tok in enumerate(targets):
+            pos = start + 1 + j
+            if req.prompt_logprobs[pos] is None:
+                req.prompt_lps_left -= 1
+            alts = zip(top_i[j * k:(j + 1) * k], top_v[j * k:(j + 1) * k])
+            req.prompt_logprobs[pos] = (Logprob(tok, packed[j], name(tok)),
+                                        [Logprob(int(t), v, name(int(t))) for t, v in alts])
 
     def _append(self, seq: Sequence, res) -> None:
         st = seq.state
@@ -396,7 +452,13 @@ class LLMEngine:
             outs = [self._cumulative(s) for s in req.seqs]
             if done:
                 outs = select_best(outs, p.n)
-        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished=done)
+        out = RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished=done)
+        if req.prompt_logprobs is not None and req.prompt_lps_left == 0:
+            # once complete: in the first output after that (DELTA), in every one (CUMULATIVE)
+            if not req.prompt_lps_sent or p.output_kind is RequestOutputKind.CUMULATIVE:
+                out.prompt_logprobs = list(req.prompt_logprobs)
+                req.prompt_lps_sent = True
+        return out
 
     @staticmethod
     def _cumulative(seq: Sequence) -> CompletionOutput:
@@ -419,8 +481,10 @@ class LLMEngine:
         return CompletionOutput(st.index, text, seq.token_ids[start:], st.finish_reason, st.stop_reason, lps,
                                 st.cumulative_logprob)
 
-    def _execute(self, seqs: list[Sequence], num_tokens: list[int], sample: list[bool]) -> list:
-        """Run one step; -> a SampleResult per sequence with sample=True, in order. Sampling runs on
+    def _execute(self, seqs: list[Sequence], num_tokens: list[int], sample: list[bool],
+                 full: list[int]) -> tuple[list, list[torch.Tensor]]:
+        """Run one step; -> (a SampleResult per sequence with sample=True, in order; fp32 logits of
+        every new row of seqs[full] (prompt logprobs; tp=1 only)). Sampling runs on
         the model's device either way: here (tp=1), or on rank 0, which returns only the sampled
         ids and logprobs; the workers get the step as block-table changes (engine/tp/wire.py)."""
         states = [s.state.sampling for s, smp in zip(seqs, sample) if smp]
@@ -432,15 +496,14 @@ class LLMEngine:
             live = {s.arrival for s in self._requests.values()}
             msg = self._wire.encode(seqs, num_tokens, sample, [s.state.sampling for s in seqs], live,
                                     [s.state.request.mm for s in seqs])
-            return self.runner.execute(msg)
+            return self.runner.execute(msg), []
         # image features for the pieces holding <|patch|> tokens (encoded at most once per image)
         feats = step_image_features([(s.state.request.mm, s.num_computed, n) for s, n in zip(seqs, num_tokens)],
                                     self.encoder_cache, self.model)
         items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed, f)
                  for s, n, f in zip(seqs, num_tokens, feats)]
-        if not states:  # prefill pieces only: K/V written, no logits needed
-            self.runner.execute(items, rows=[])
-            return []
-        # one ragged step (no padding); the LM head runs only on the sampled rows
-        logits = self.runner.execute(items, rows=[i for i, smp in enumerate(sample) if smp])  # [n, V]
-        return self.sampler(logits, states)
+        # one ragged step (no padding); the LM head runs only on the sampled rows (and prompt rows
+        # asked for); prefill pieces only: K/V written, no logits
+        logits, prompt_logits = self.runner.execute_with_prompt(
+            items, rows=[i for i, smp in enumerate(sample) if smp], full=full)  # [n, V]
+        return (self.sampler(logits, states) if states else []), prompt_logits

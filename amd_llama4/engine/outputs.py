@@ -42,6 +42,8 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False  # every sample of the request finished
     error: str | None = None  # set when the request failed inside the engine (finish_reason "error")
+    # SamplingParams.prompt_logprobs: per prompt position None (the first) or (Logprob, top-k Logprobs)
+    prompt_logprobs: list | None = None
 
 
 def select_best(outputs: list[CompletionOutput], n: int) -> list[CompletionOutput]:
@@ -82,6 +84,8 @@ class OutputAccumulator:
             self.request = RequestOutput(out.request_id, out.prompt, out.prompt_token_ids)
         self.request.finished = out.finished
         self.request.error = out.error or self.request.error
+        if self.request.prompt_logprobs is None and out.prompt_logprobs is not None:
+            self.request.prompt_logprobs = out.prompt_logprobs
         for c in out.outputs:
             m = self._by_index.get(c.index)
             if m is None:
@@ -108,4 +112,5 @@ class OutputAccumulator:
         if self.request is None:
             raise ValueError("OutputAccumulator.result: no output was added")
         r = self.request
-        return RequestOutput(r.request_id, r.prompt, r.prompt_token_ids, self.outputs(n), r.finished, r.error)
+        return RequestOutput(r.request_id, r.prompt, r.prompt_token_ids, self.outputs(n), r.finished, r.error,
+                             r.prompt_logprobs)

@@ -88,6 +88,13 @@ class ModelRunner:
     def execute(self, items: list[StepItem], rows: list[int] | None = None) -> torch.Tensor:
         """-> fp32 logits [len(rows), V] for the last new token of items[rows] (default: every item).
         Rows not asked for skip the LM head (prefill pieces that sample nothing)."""
+        return self.execute_with_prompt(items, rows)[0]
+
+    @torch.no_grad()
+    def execute_with_prompt(self, items: list[StepItem], rows: list[int] | None = None,
+                            full: list[int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """execute(), plus fp32 logits [len(items[b].tokens), V] of EVERY new token of each item b in
+        `full` (prompt logprobs), from one LM head call over the union of the rows."""
         n = len(items)
         bucket = None
         # a graph replays token embeddings only: a step with image features runs eager
@@ -96,10 +103,19 @@ class ModelRunner:
         if bucket is not None:  # decode: row b is item b's only token
             hidden = self.graphs.run(self._inputs(items, pad_to=bucket, widths=self.graph_widths))
             last = torch.arange(n) if rows is None else torch.tensor(rows, dtype=torch.long)
+            starts = list(range(n))
         else:
             x = self._inputs(items)
             hidden = self._forward(x.to(self.device), self._embeds(items, x))
             last = x.last if rows is None else x.last[rows]
-        if rows is None and bucket is not None:
-            return self.model.compute_logits(hidden[:n])
-        return self.model.compute_logits(hidden.index_select(0, last.to(self.device, non_blocking=True)))
+            starts = x.cu_seqlens.tolist() if full else []  # host inputs: no device sync
+        if not full:
+            if rows is None and bucket is not None:
+                return self.model.compute_logits(hidden[:n]), []
+            return self.model.compute_logits(hidden.index_select(0, last.to(self.device, non_blocking=True))), []
+        lens = [len(items[b].tokens) for b in full]
+        spans = [torch.arange(starts[b], starts[b] + k, dtype=torch.long) for b, k in zip(full, lens)]
+        idx = torch.cat([last.to(torch.long), *spans])  # [n_last + sum(lens)]
+        logits = self.model.compute_logits(hidden.index_select(0, idx.to(self.device, non_blocking=True)))
+        k = last.shape[0]
+        return logits[:k], list(logits[k:].split(lens))

@@ -2,7 +2,8 @@
 
 Order, per row:
  1. min_tokens: while fewer than min_tokens ids were generated, eos (unless ignore_eos) and
-    stop_token_ids get logit -inf.
+    stop_token_ids get logit -inf. logit_bias: each request's biases added to its row (one
+    index_add_ for the batch, from per-request device tensors built once: no host sync).
  2. Penalties. repetition (over prompt + output ids): positive logits / r, negative logits * r.
     presence / frequency (over output ids): logit -= presence * [count > 0] + frequency * count.
  3. Logprobs (only when params.logprobs is not None): log_softmax of the logits after steps 1-2 and
@@ -51,6 +52,7 @@ class SamplingState:
     _counts: torch.Tensor | None = field(default=None, init=False, repr=False)  # [V] int32
     _prompt_mask: torch.Tensor | None = field(default=None, init=False, repr=False)  # [V] bool
     _pending: list[int] = field(default_factory=list, init=False, repr=False)
+    _bias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)  # ids, values
 
     def __post_init__(self) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)
@@ -97,6 +99,16 @@ class SamplingState:
             self.generator = torch.Generator(device=device).manual_seed(self.params.seed)
         return self.generator
 
+    def bias_tensors(self, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """logit_bias as (ids [K] long, biases [K] fp32) on `device`, built on first use; ids outside
+        the vocabulary (the API refuses them) are dropped."""
+        if self._bias is None or self._bias[0].device != device:
+            items = [(t, b) for t, b in (self.params.logit_bias or {}).items() if 0 <= t < vocab]
+            ids = torch.tensor([t for t, _ in items], dtype=torch.long).to(device, non_blocking=True)
+            vals = torch.tensor([b for _, b in items], dtype=torch.float32).to(device, non_blocking=True)
+            self._bias = (ids, vals)
+        return self._bias
+
     def penalty_tensors(self, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(output counts [V] int32, prompt mask [V] bool), brought up to date incrementally."""
         if self._counts is None or self._counts.device != device or self._counts.numel() != vocab:
@@ -128,6 +140,7 @@ class Sampler:
         dev = logits.device
         logits = logits.to(torch.float32, copy=True)  # logits: [B, V]; the caller's buffer stays intact
         _suppress(logits, states)
+        _apply_logit_bias(logits, states)
         _apply_penalties(logits, states)
 
         lp_rows = [i for i, s in enumerate(states) if s.params.logprobs is not None]
@@ -189,6 +202,16 @@ def _suppress(logits: torch.Tensor, states: list[SamplingState]) -> None:
                 cols.append(t)
     if rows:
         logits[_idx(rows, logits.device), _idx(cols, logits.device)] = float("-inf")
+
+
+def _apply_logit_bias(logits: torch.Tensor, states: list[SamplingState]) -> None:
+    rows = [i for i, s in enumerate(states) if s.params.logit_bias]
+    if not rows:
+        return
+    B, V = logits.shape
+    parts = [states[i].bias_tensors(logits.device, V) for i in rows]
+    flat_ids = torch.cat([ids + i * V for i, (ids, _) in zip(rows, parts)])  # [sum K] into logits.view(-1)
+    logits.view(-1).index_add_(0, flat_ids, torch.cat([v for _, v in parts]))
 
 
 def _apply_penalties(logits: torch.Tensor, states: list[SamplingState]) -> None:

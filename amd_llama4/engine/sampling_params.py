@@ -26,7 +26,11 @@ class SamplingParams:
     returned per generated token (plus the sampled token's).
     n: samples returned; best_of (>= n, None = n): samples generated, of which the n with the highest
     cumulative logprob are returned. With a seed, sample i draws from seed + i (vLLM's rule), so
-    samples differ and the request is reproducible."""
+    samples differ and the request is reproducible.
+    prompt_logprobs: None, or N top logprobs per prompt token (vLLM's): the log_softmax of the model
+    at every prompt position, the first entry None (nothing predicts it). max_tokens=0: no sampling,
+    the request ends after its prompt (with prompt_logprobs: scoring only, finish_reason "length").
+    logit_bias: token id -> additive bias in [-100, 100] on the logits before anything else."""
 
     n: int = 1
     best_of: int | None = None
@@ -46,6 +50,8 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
@@ -78,8 +84,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise bad(name, f"{getattr(self, name)} not in [-2, 2]")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", f"{self.max_tokens} must be >= 1")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise bad("max_tokens", f"{self.max_tokens} must be >= 0 (0: prompt only, no sampling)")
         if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             raise bad("min_tokens", f"{self.min_tokens} must be in [0, max_tokens]")
         if len(self.stop) > MAX_STOP_STRINGS:
@@ -90,6 +96,14 @@ class SamplingParams:
             raise bad("stop_token_ids", "must be non-negative integers")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise bad("logprobs", f"{self.logprobs} not in [0, {MAX_TOP_LOGPROBS}]")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad("prompt_logprobs", f"{self.prompt_logprobs} not in [0, {MAX_TOP_LOGPROBS}]")
+        if self.logit_bias:
+            for t, b in self.logit_bias.items():
+                if not isinstance(t, int) or t < 0:
+                    raise bad("logit_bias", f"key {t!r} must be a non-negative token id")
+                if not -100.0 <= b <= 100.0:
+                    raise bad("logit_bias", f"bias {b} for token {t} not in [-100, 100]")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", f"{self.seed!r} must be an integer")
 

@@ -16,7 +16,10 @@ from typing import Any
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-ALLOWED_ROLES = ("system", "user", "assistant", "tool")
+ALLOWED_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
+# OpenAI's newer roles as Llama 4 knows them: developer instructions are its system prompt; tool
+# results are its "ipython" turns.
+ROLE_ALIASES = {"developer": "system", "tool": "ipython"}
 # Content part types: text, and images as the HF templates ("image") and the OpenAI API ("image_url")
 # spell them; both render as the template's image placeholder (Llama 4: one <|image|> each).
 IMAGE_PART_TYPES = ("image", "image_url")
@@ -225,7 +228,7 @@ def _validate_messages(messages: Any) -> None:
         role = m.get("role")
         if role not in ALLOWED_ROLES:
             raise ValueError(f"messages[{i}].role: {role!r} not one of {list(ALLOWED_ROLES)}")
-        if role == "system" and i != 0:
+        if ROLE_ALIASES.get(role, role) == "system" and i != 0:
             raise ValueError(f"messages[{i}]: a system message must come first")
         content = m.get("content")
         if isinstance(content, str):
@@ -251,9 +254,12 @@ def count_image_parts(messages: list[dict]) -> int:
 
 
 def _template_messages(messages: list[dict]) -> list[dict]:
-    """OpenAI's image_url parts as {'type': 'image'}, the spelling HF chat templates test for."""
+    """OpenAI's image_url parts as {'type': 'image'}, the spelling HF chat templates test for; roles
+    through ROLE_ALIASES."""
     out = []
     for m in messages:
+        if m.get("role") in ROLE_ALIASES:
+            m = {**m, "role": ROLE_ALIASES[m["role"]]}
         content = m.get("content")
         if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
             m = {**m, "content": [{"type": "image"} if p.get("type") == "image_url" else p for p in content]}

@@ -111,3 +111,13 @@ def test_n4_over_the_api_streamed_and_not(server):
     hits = [float(line.split()[-1]) for line in metrics.splitlines()
             if line.startswith("amd_llama4_prefix_cache_hits_total")]
     assert hits and hits[0] > 0  # the repeated prompt and the 3 children hit the cache
+
+
+def test_logit_bias_forces_a_token(server):
+    """A +100 bias on one token id makes greedy decoding pick it at every step."""
+    tok = server.engines[-1].engine.tokenizer
+    r = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        "model": "tiny-scout", "prompt": "Hello", "max_tokens": 3, "temperature": 0, "ignore_eos": True,
+        "logprobs": 0, "logit_bias": {"65": 100}})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["logprobs"]["tokens"] == [tok.token_text(65)] * 3
