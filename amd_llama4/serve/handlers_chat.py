@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from amd_llama4.serve import protocol as P
+from amd_llama4.serve import prompt_logprobs as PL
 from amd_llama4.serve.generation import TokenText, chat_logprobs
 from amd_llama4.serve.handlers_common import (DONE, State, begin, deltas, error_chunk, openapi_responses, respond,
                                               sse, tokenize_chat, usage)
@@ -27,8 +28,12 @@ def add_chat_routes(app: FastAPI, state: State) -> None:
             choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                         "logprobs": chat_logprobs(c.logprobs or [], text_of) if body.logprobs else None,
                         "finish_reason": c.finish_reason, "stop_reason": c.stop_reason} for c in out.outputs]
+            plp = None
+            if body.prompt_logprobs is not None:  # vLLM's: at the top level (not streamed)
+                entries = PL.require(out.prompt_logprobs, len(out.prompt_token_ids or []) or gen.prompt_len)
+                plp = PL.vllm_prompt_logprobs(entries, body.prompt_logprobs, text_of)
             return P.ChatCompletionResponse(id=gen.request_id, created=created, model=model, usage=usage(gen, out),
-                                            choices=choices).model_dump(mode="json")
+                                            choices=choices, prompt_logprobs=plp).model_dump(mode="json")
 
         def chunk(index: int, delta: dict, lps: Any, finish: Any, usage_: Any = None, choices: bool = True) -> str:
             obj: dict[str, Any] = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created,

@@ -93,7 +93,7 @@ def _vocab_size(engine: Any) -> int | None:
         return None
 
 
-def _check_token_ids(engine: Any, ids: list[int], param: str) -> None:
+def check_token_ids(engine: Any, ids: list[int], param: str) -> None:
     vocab = _vocab_size(engine)
     if vocab is not None and any(t >= vocab for t in ids):
         raise bad_request(f"{param}: token ids must be < vocab size {vocab}", param)
@@ -101,17 +101,17 @@ def _check_token_ids(engine: Any, ids: list[int], param: str) -> None:
 
 async def tokenize_prompt(engine: Any, prompt: Any) -> list[int]:
     if isinstance(prompt, list):
-        _check_token_ids(engine, prompt, "prompt")
+        check_token_ids(engine, prompt, "prompt")
         return list(prompt)
     if len(prompt) > _THREAD_TOKENIZE_CHARS:
         return list(await asyncio.to_thread(engine.tokenizer.encode, prompt, add_bos=True))
     return list(engine.tokenizer.encode(prompt, add_bos=True))
 
 
-async def tokenize_chat(engine: Any, messages: list[dict[str, Any]]) -> list[int]:
+async def tokenize_chat(engine: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
     tok = engine.tokenizer
     try:
-        out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
         if isinstance(out, str):  # the template already holds the BOS token
             out = tok.encode(out, add_bos=False)
     except Exception as e:  # noqa: BLE001 - template/message errors are the client's
@@ -165,17 +165,17 @@ def _max_tokens(engine: Any, prompt_len: int, requested: int | None) -> int:
 
 
 def _params(engine: Any, body: P._SamplingFields, prompt_len: int, requested: int | None,
-            logprobs: int | None) -> Any:
+            logprobs: int | None, prompt_logprobs: int | None) -> Any:
     if body.stop_token_ids:
-        _check_token_ids(engine, body.stop_token_ids, "stop_token_ids")
+        check_token_ids(engine, body.stop_token_ids, "stop_token_ids")
     if body.logit_bias:
-        _check_token_ids(engine, [int(k) for k in body.logit_bias], "logit_bias")
-    return body.to_sampling_params(_max_tokens(engine, prompt_len, requested), logprobs)
+        check_token_ids(engine, [int(k) for k in body.logit_bias], "logit_bias")
+    return body.to_sampling_params(_max_tokens(engine, prompt_len, requested), logprobs, prompt_logprobs)
 
 
 async def begin(state: State, body: P._SamplingFields, tokenize: Callable[[Any], Any], requested: int | None,
-                logprobs: int | None, id_prefix: str, image_urls: list[str] | None = None
-                ) -> tuple[Slot, Any, str, Generation]:
+                logprobs: int | None, id_prefix: str, image_urls: list[str] | None = None,
+                prompt_logprobs: int | None = None) -> tuple[Slot, Any, str, Generation]:
     """Admission, engine, model check, images, tokenisation and the engine request; the slot is
     released on any failure before the request exists. With images the prompt holds one `<|image|>`
     per image; the engine expands them (so it checks the expanded length against max_model_len)."""
@@ -186,7 +186,8 @@ async def begin(state: State, body: P._SamplingFields, tokenize: Callable[[Any],
         model = state.check_model(engine, body.model)
         images = await load_images(state.media, image_urls) if image_urls else []
         prompt_ids = await tokenize(engine)
-        params = _params(engine, body, len(prompt_ids), requested, logprobs)
+        params = _params(engine, body, len(prompt_ids), requested, logprobs,
+                         body.prompt_logprobs if prompt_logprobs is None else prompt_logprobs)
         gen = Generation(_EngineWithImages(engine, images) if images else engine, prompt_ids, params,
                          P.random_id(id_prefix), deadline=arrival + state.request_timeout_s, arrival=arrival,
                          metrics=state.metrics, on_engine_dead=lambda _: state.provider.mark_dead(engine))
@@ -232,25 +233,74 @@ class _EngineStream(StreamingResponse):
 async def respond(request: Request, body: P._SamplingFields, slot: Slot, gen: Generation,
                   render_final: Callable, stream_chunks: Callable) -> Response:
     """Shared tail of both generation endpoints. Owns `gen` and `slot` from here on."""
+    return await respond_many(request, body, [(slot, gen)], lambda finals: render_final(finals[0]),
+                              lambda firsts: stream_chunks(firsts[0]))
+
+
+async def respond_many(request: Request, body: P._SamplingFields, started: list[tuple[Slot, Generation]],
+                       render_final: Callable, stream_chunks: Callable) -> Response:
+    """`respond` for one or more engine requests (a batch of prompts), run concurrently;
+    render_final / stream_chunks get one final / first output per request, in order. Owns every
+    generation and slot from here on."""
+    gens = [g for _, g in started]
     handed_off = False
 
     async def cleanup() -> None:
-        await gen.close()
-        slot.release()
+        for slot, gen in started:
+            try:
+                await gen.close()
+            finally:
+                slot.release()
+
+    async def final(gen: Generation) -> Any:
+        return await gen.run_to_end() if not gen.done else gen.result()
 
     try:
-        first = await gen.watched(request, gen.next())
+        firsts = await gens[0].watched(request, asyncio.gather(*(g.next() for g in gens)))
         if body.stream:
             handed_off = True
-            headers = dict(_STREAM_HEADERS, **{"X-Request-Id": gen.request_id})
-            return _EngineStream(stream_chunks(first), cleanup, headers)
-        final = await gen.watched(request, gen.run_to_end()) if not gen.done else gen.result()
-        return JSONResponse(render_final(final), headers={"X-Request-Id": gen.request_id})
+            headers = dict(_STREAM_HEADERS, **{"X-Request-Id": gens[0].request_id})
+            return _EngineStream(stream_chunks(firsts), cleanup, headers)
+        finals = await gens[0].watched(request, asyncio.gather(*(final(g) for g in gens)))
+        return JSONResponse(render_final(finals), headers={"X-Request-Id": gens[0].request_id})
     except ClientGone:
         return Response(status_code=499)
     finally:
         if not handed_off:
             await cleanup()
+
+
+async def merged(streams: list[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """Items of several async iterators as they come (one task each); the tasks end with the merge."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def pump(it: AsyncIterator[str]) -> None:
+        try:
+            async for item in it:
+                await queue.put(item)
+        finally:
+            await queue.put(end)
+
+    tasks = [asyncio.ensure_future(pump(it)) for it in streams]
+    try:
+        left = len(tasks)
+        while left:
+            item = await queue.get()
+            if item is end:
+                left -= 1
+            else:
+                yield item
+        for t in tasks:
+            t.result()  # re-raise a failure of a pump
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def deltas(gen: Generation, first: Any) -> AsyncIterator[tuple[Any, int]]:
@@ -269,6 +319,11 @@ async def deltas(gen: Generation, first: Any) -> AsyncIterator[tuple[Any, int]]:
         out = await gen.next()
     if not finished:
         raise APIError(500, "the engine ended the request without a result", type="server_error")
+
+
+def usage_sum(parts: list[dict[str, int]]) -> dict[str, int]:
+    """Usage of a batch of prompts: every field summed."""
+    return {k: sum(u[k] for u in parts) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 def usage(gen: Generation, final: Any = None) -> dict[str, int]:

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from amd_llama4.serve import protocol as P
-from amd_llama4.serve.handlers_common import State, json_response
+from amd_llama4.serve.handlers_common import State, check_token_ids, json_response, tokenize_chat
 
 log = logging.getLogger("amd_llama4.serve")
 
@@ -45,3 +45,26 @@ def add_info_routes(app: FastAPI, state: State) -> None:
         engine = await state.engine()
         card = P.ModelCard(id=state.model_name(engine), max_model_len=int(engine.max_model_len))
         return json_response(200, P.ModelList(data=[card]).model_dump(mode="json"))
+
+    # vLLM's /tokenize and /detokenize: no engine request, so no admission slot
+    @app.post("/tokenize", response_model=P.TokenizeResponse, responses={400: {"model": P.ErrorResponse},
+                                                                         401: {"model": P.ErrorResponse},
+                                                                         503: {"model": P.ErrorResponse}})
+    async def tokenize(body: P.TokenizeRequest) -> Response:
+        engine = await state.engine()
+        state.check_model(engine, body.model)
+        if body.messages is not None:
+            ids = await tokenize_chat(engine, body.template_messages(), body.add_generation_prompt)
+        else:
+            ids = await asyncio.to_thread(engine.tokenizer.encode, body.prompt, add_bos=body.add_special_tokens)
+        return json_response(200, {"count": len(ids), "max_model_len": int(engine.max_model_len),
+                                   "tokens": [int(t) for t in ids]})
+
+    @app.post("/detokenize", response_model=P.DetokenizeResponse, responses={400: {"model": P.ErrorResponse},
+                                                                             401: {"model": P.ErrorResponse},
+                                                                             503: {"model": P.ErrorResponse}})
+    async def detokenize(body: P.DetokenizeRequest) -> Response:
+        engine = await state.engine()
+        state.check_model(engine, body.model)
+        check_token_ids(engine, body.tokens, "tokens")
+        return json_response(200, {"prompt": await asyncio.to_thread(engine.tokenizer.decode, body.tokens)})

@@ -18,6 +18,7 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's own limit
 INT64_MAX = 2**63 - 1
 MAX_N = 128  # samples per request (n, best_of): each is a sequence in the engine's batch
+MAX_PROMPTS = 128  # prompts in one /v1/completions request: each is an engine request
 
 
 class APIError(Exception):
@@ -103,6 +104,8 @@ class _SamplingFields(_Model):
     skip_special_tokens: bool | None = True
     include_stop_str_in_output: bool | None = False
     logit_bias: dict[str, float] | None = Field(None, description="token id -> bias in [-100, 100]")
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                        description="vLLM's: top logprobs per prompt token (the first is null)")
     user: str | None = Field(None, max_length=256)
 
     @field_validator("stop")
@@ -155,7 +158,8 @@ class _SamplingFields(_Model):
         """(n, best_of) of this request; only /v1/completions has best_of."""
         return self.n or 1, getattr(self, "best_of", None)
 
-    def to_sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def to_sampling_params(self, max_tokens: int, logprobs: int | None,
+                           prompt_logprobs: int | None = None) -> SamplingParams:
         """Raises APIError(400) for combinations SamplingParams rejects. The server consumes DELTA
         outputs: each engine step hands over only the new tokens."""
         n, best_of = self.samples()
@@ -177,6 +181,7 @@ class _SamplingFields(_Model):
             stop_token_ids=list(self.stop_token_ids or []),
             ignore_eos=bool(self.ignore_eos),
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             skip_special_tokens=True if self.skip_special_tokens is None else self.skip_special_tokens,
             include_stop_str_in_output=bool(self.include_stop_str_in_output),
         )
@@ -198,10 +203,13 @@ PromptType = str | list[int] | list[str] | list[list[int]]
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: PromptType = Field(..., description="a string or token ids, or a list holding one of those")
-    max_tokens: int | None = Field(16, ge=1, le=INT64_MAX)
+    prompt: PromptType = Field(..., description="a string or token ids, or a list of prompts (all strings or "
+                               f"all token-id lists, at most {MAX_PROMPTS}); choices are prompt-major")
+    max_tokens: int | None = Field(16, ge=0, le=INT64_MAX, description="0: score the prompt only (with "
+                                   "echo + logprobs or prompt_logprobs)")
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    echo: bool | None = Field(False, description="only false is supported")
+    echo: bool | None = Field(False, description="prepend the prompt to each choice's text (and, with "
+                              "logprobs, the prompt tokens' logprobs; the first is null)")
     best_of: int | None = Field(None, ge=1, le=MAX_N, description="samples generated (>= n); the n with the "
                                 "highest cumulative logprob are returned; not with stream=true")
     suffix: str | None = Field(None, max_length=0, description="not supported")
@@ -209,16 +217,29 @@ class CompletionRequest(_SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, v: PromptType) -> PromptType:
-        if isinstance(v, list) and v and isinstance(v[0], (str, list)):
-            if len(v) != 1:
-                raise ValueError(f"a batch of {len(v)} prompts; this server takes one prompt per request")
-            v = v[0]
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("the prompt is empty")
-            if any(t < 0 or t > INT64_MAX for t in v):
-                raise ValueError("token ids must be non-negative")
+        batch = v if isinstance(v, list) and v and isinstance(v[0], (str, list)) else [v]
+        if len(batch) > MAX_PROMPTS:
+            raise ValueError(f"a batch of {len(batch)} prompts; at most {MAX_PROMPTS} per request")
+        for i, p in enumerate(batch):
+            where = f"prompt {i}" if len(batch) > 1 else "the prompt"
+            if isinstance(p, list):
+                if not p:
+                    raise ValueError(f"{where} is empty")
+                if any(t < 0 or t > INT64_MAX for t in p):
+                    raise ValueError(f"{where}: token ids must be non-negative")
         return v
+
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts: one, or each of a batch."""
+        p = self.prompt
+        return list(p) if isinstance(p, list) and p and isinstance(p[0], (str, list)) else [p]  # type: ignore[list-item]
+
+    def engine_prompt_logprobs(self) -> int | None:
+        """Top-k the engine computes per prompt token: echo + logprobs needs `logprobs` of them."""
+        echoed = self.logprobs if self.echo and self.logprobs is not None else None
+        if echoed is None or self.prompt_logprobs is None:
+            return self.prompt_logprobs if echoed is None else echoed
+        return max(echoed, self.prompt_logprobs)
 
     @field_validator("best_of")
     @classmethod
@@ -230,12 +251,6 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("best_of > n cannot be streamed (the n best are known only at the end)")
         return v
 
-    @field_validator("echo")
-    @classmethod
-    def _check_echo(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("echo=true is not supported")
-        return v
 
 
 class CompletionLogprobs(_Strict):
@@ -245,12 +260,23 @@ class CompletionLogprobs(_Strict):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(_Strict):
+    """vLLM's entry of prompt_logprobs (keyed by token id)."""
+    logprob: float
+    rank: int | None = None  # 1 = most likely; None when the token is outside the returned top-k
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class CompletionChoice(_Strict):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class CompletionResponse(_Strict):
@@ -329,6 +355,8 @@ class ChatCompletionRequest(_SamplingFields):
     def _check_unsupported(self):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ValueError("prompt_logprobs are not returned with stream=true (as vLLM's)")
         if self.tools or self.functions:
             raise ValueError("tools/functions are not supported by this server")
         if self.tool_choice not in (None, "none", "auto") or self.function_call not in (None, "none", "auto"):
@@ -390,6 +418,7 @@ class ChatCompletionResponse(_Strict):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo | None = None
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's: at the top level for chat
 
 
 class DeltaMessage(_Strict):
@@ -433,3 +462,48 @@ class ModelList(_Strict):
 class HealthResponse(_Strict):
     status: str
     detail: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# /tokenize and /detokenize (vLLM's shapes)
+
+MAX_DETOKENIZE_TOKENS = 1_000_000
+
+
+class TokenizeRequest(_Model):
+    model: str | None = Field(None, max_length=1024)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: bool = Field(True, description="prompt: prepend BOS")
+    add_generation_prompt: bool = Field(True, description="messages: end with the assistant header")
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        return ChatCompletionRequest.model_construct(messages=self.messages or []).template_messages()
+
+
+class TokenizeResponse(_Strict):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(_Model):
+    model: str | None = Field(None, max_length=1024)
+    tokens: list[int] = Field(..., max_length=MAX_DETOKENIZE_TOKENS)
+
+    @field_validator("tokens")
+    @classmethod
+    def _check_tokens(cls, v: list[int]) -> list[int]:
+        if any(t < 0 for t in v):
+            raise ValueError("token ids must be non-negative")
+        return v
+
+
+class DetokenizeResponse(_Strict):
+    prompt: str

@@ -131,10 +131,17 @@ class FakeEngine:
         samples = [_Sample(i, params, self) for i in range(params.num_samples)]
         prompt_blocks = len(prompt_ids) // self.block_size  # full prompt blocks: held once (prefix cache)
         self._blocks[request_id] = prompt_blocks + len(samples)
-        limit = params.max_tokens or (self.max_model_len - len(prompt_ids))
+        limit = self.max_model_len - len(prompt_ids) if params.max_tokens is None else params.max_tokens
         delta = params.output_kind is RequestOutputKind.DELTA
         text_prompt = prompt if isinstance(prompt, str) else None
+        plp = _prompt_logprobs(prompt_ids, params.prompt_logprobs)
         try:
+            if limit == 0:  # scoring only: no sampling
+                for s in samples:
+                    s.finish = "length"
+                yield RequestOutput(request_id, text_prompt, prompt_ids, [s.output(delta) for s in samples],
+                                    finished=True, prompt_logprobs=plp)
+                return
             while True:
                 running = [s for s in samples if s.finish is None]
                 delay = (3600.0 if self.stall_after is not None and len(running[0].ids) >= self.stall_after
@@ -154,15 +161,25 @@ class FakeEngine:
                 if delta:  # one output per sample that moved, as the real engine
                     for k, s in enumerate(running):
                         yield RequestOutput(request_id, text_prompt, prompt_ids, [s.output(True)],
-                                            finished=done and k == len(running) - 1)
+                                            finished=done and k == len(running) - 1, prompt_logprobs=plp)
+                        plp = None  # DELTA: only in the first output
                 else:
                     outs = [s.output(False) for s in samples]
                     yield RequestOutput(request_id, text_prompt, prompt_ids,
-                                        select_best(outs, params.n) if done else outs, finished=done)
+                                        select_best(outs, params.n) if done else outs, finished=done,
+                                        prompt_logprobs=plp)
                 if done:
                     return
         finally:
             self._blocks.pop(request_id, None)
+
+
+def _prompt_logprobs(prompt_ids: list[int], k: int | None) -> list | None:
+    """As the engine's: None first, then (prompt token at -0.5 - 0.01 * position, k alternatives)."""
+    if k is None:
+        return None
+    alts = [Logprob(3 + ord("a") + j, -0.1 - j) for j in range(k)]
+    return [None] + [(Logprob(t, -0.5 - 0.01 * i), list(alts)) for i, t in enumerate(prompt_ids[1:], 1)]
 
 
 class _Sample:

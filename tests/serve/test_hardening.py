@@ -17,7 +17,6 @@ USER = [{"role": "user", "content": "hi"}]
 # (endpoint, body, substring expected in error.param or error.message)
 BAD_REQUESTS = [
     (COMPLETION, {"prompt": "x", "max_tokens": -1}, "max_tokens"),
-    (COMPLETION, {"prompt": "x", "max_tokens": 0}, "max_tokens"),
     (COMPLETION, {"prompt": "x", "max_tokens": 10**30}, "max_tokens"),
     (COMPLETION, {"prompt": "x", "max_tokens": 255}, "max_tokens"),  # 2 + 255 > max_model_len 256
     (COMPLETION, {"prompt": "x", "max_tokens": "many"}, "max_tokens"),
@@ -36,7 +35,21 @@ BAD_REQUESTS = [
     (COMPLETION, {"prompt": "x", "n": 2, "best_of": 3, "stream": True}, "best_of"),
     (CHAT, {"messages": USER, "n": 0}, "n"),
     (CHAT, {"messages": USER, "n": 200}, "n"),
-    (COMPLETION, {"prompt": "x", "echo": True}, "echo"),
+    (COMPLETION, {"prompt": "x", "echo": "yes"}, "echo"),
+    (COMPLETION, {"prompt": "x", "prompt_logprobs": 21}, "prompt_logprobs"),
+    (COMPLETION, {"prompt": "x", "prompt_logprobs": -1}, "prompt_logprobs"),
+    (CHAT, {"messages": USER, "prompt_logprobs": 21}, "prompt_logprobs"),
+    (CHAT, {"messages": USER, "prompt_logprobs": 1, "stream": True}, "prompt_logprobs"),
+    (CHAT, {"messages": USER, "max_tokens": 0}, "max_tokens"),
+    ("/tokenize", {}, "prompt"),
+    ("/tokenize", {"prompt": "x", "messages": USER}, "prompt"),
+    ("/tokenize", {"messages": []}, "messages"),
+    ("/tokenize", {"prompt": "x", "model": "gpt-4"}, "model"),
+    ("/tokenize", {"prompt": "x", "add_special_tokens": "no"}, "add_special_tokens"),
+    ("/detokenize", {}, "tokens"),
+    ("/detokenize", {"tokens": [5, -1]}, "tokens"),
+    ("/detokenize", {"tokens": [5, 10**6]}, "tokens"),  # outside the vocab
+    ("/detokenize", {"tokens": "abc"}, "tokens"),
     (COMPLETION, {"prompt": "x", "suffix": "tail"}, "suffix"),
     (COMPLETION, {"prompt": "x", "presence_penalty": 2.5}, "presence_penalty"),
     (COMPLETION, {"prompt": "x", "frequency_penalty": -3}, "frequency_penalty"),
@@ -49,7 +62,11 @@ BAD_REQUESTS = [
     (COMPLETION, {"prompt": [5, 6, 100000]}, "prompt"),  # token id outside the vocab
     (COMPLETION, {"prompt": [5, -1]}, "prompt"),
     (COMPLETION, {"prompt": []}, "prompt"),
-    (COMPLETION, {"prompt": ["a", "b"]}, "prompt"),  # batch of 2
+    (COMPLETION, {"prompt": ["a", [5]]}, "prompt"),  # mixed batch
+    (COMPLETION, {"prompt": [[5], []]}, "prompt"),  # an empty prompt in a batch
+    (COMPLETION, {"prompt": ["a"] * 129}, "prompt"),  # more than MAX_PROMPTS
+    (COMPLETION, {"prompt": [[5, 6], [5, 100000]]}, "prompt"),  # the 2nd outside the vocab: none starts
+    (COMPLETION, {"prompt": ["a", "y" * 300]}, "prompt"),  # the 2nd longer than max_model_len
     (COMPLETION, {"prompt": 42}, "prompt"),
     (COMPLETION, {}, "prompt"),
     (COMPLETION, {"prompt": "x", "stop": ["s"] * 17}, "stop"),
