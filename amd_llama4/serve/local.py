@@ -46,6 +46,7 @@ def _run_uvicorn(engine_args: dict[str, Any], host: str, port: int, app_options:
     from amd_llama4.serve.engine_provider import EngineProvider
 
     factory = functools.partial(load_factory(engine_factory), **engine_args)
+    _stop_on_signals()  # Ctrl-C also while the model loads (uvicorn's own handlers take over later)
     engine = factory()  # load before listening: the port opens only with a working engine
     provider = EngineProvider(factory, engine=engine)
     try:
