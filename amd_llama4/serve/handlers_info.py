@@ -15,6 +15,10 @@ log = logging.getLogger("amd_llama4.serve")
 _HEALTH_TIMEOUT_S = 10.0
 
 
+# /tokenize and /detokenize answer these besides 200 (for the OpenAPI schema schemathesis checks)
+_TOKEN_ROUTE_ERRORS = {code: {"model": P.ErrorResponse} for code in (400, 401, 503)}
+
+
 def add_info_routes(app: FastAPI, state: State) -> None:
     provider, metrics = state.provider, state.metrics
 
@@ -47,9 +51,7 @@ def add_info_routes(app: FastAPI, state: State) -> None:
         return json_response(200, P.ModelList(data=[card]).model_dump(mode="json"))
 
     # vLLM's /tokenize and /detokenize: no engine request, so no admission slot
-    @app.post("/tokenize", response_model=P.TokenizeResponse, responses={400: {"model": P.ErrorResponse},
-                                                                         401: {"model": P.ErrorResponse},
-                                                                         503: {"model": P.ErrorResponse}})
+    @app.post("/tokenize", response_model=P.TokenizeResponse, responses=_TOKEN_ROUTE_ERRORS)
     async def tokenize(body: P.TokenizeRequest) -> Response:
         engine = await state.engine()
         state.check_model(engine, body.model)
@@ -60,9 +62,7 @@ def add_info_routes(app: FastAPI, state: State) -> None:
         return json_response(200, {"count": len(ids), "max_model_len": int(engine.max_model_len),
                                    "tokens": [int(t) for t in ids]})
 
-    @app.post("/detokenize", response_model=P.DetokenizeResponse, responses={400: {"model": P.ErrorResponse},
-                                                                             401: {"model": P.ErrorResponse},
-                                                                             503: {"model": P.ErrorResponse}})
+    @app.post("/detokenize", response_model=P.DetokenizeResponse, responses=_TOKEN_ROUTE_ERRORS)
     async def detokenize(body: P.DetokenizeRequest) -> Response:
         engine = await state.engine()
         state.check_model(engine, body.model)
