@@ -23,16 +23,22 @@ from amd_llama4.platform import FP8_DTYPES
 _FP8_KV = FP8_DTYPES
 
 
-def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, first_pos, q_pos, k_scale, v_scale) -> None:
-    op = "paged_attention_decode"
-    if q.dim() != 3:
-        raise ValueError(f"{op}: q must be [B, Hq, D], got {tuple(q.shape)}")
-    B, Hq, D = q.shape
+def _check_caches(q, k_cache, v_cache, op: str) -> None:
+    """k_cache and v_cache are [num_blocks, block_size, Hkv, D] with q's D and Hkv dividing q's Hq."""
+    Hq, D = q.shape[1:]
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.shape[3] != D:
         raise ValueError(f"{op}: k_cache and v_cache must both be [num_blocks, block_size, Hkv, D={D}], "
                          f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     if Hq % k_cache.shape[2]:
-        raise ValueError(f"{op}: Hq={Hq} is not a multiple of Hkv={k_cache.shape[2]}")
+        raise ValueError(f"{op}: q's Hq={Hq} is not a multiple of the caches' Hkv={k_cache.shape[2]}")
+
+
+def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, first_pos, q_pos, k_scale, v_scale) -> None:
+    op = "paged_attention_decode"
+    if q.dim() != 3:
+        raise ValueError(f"{op}: q must be [B, Hq, D], got {tuple(q.shape)}")
+    B = q.shape[0]
+    _check_caches(q, k_cache, v_cache, op)
     if block_tables.dim() != 2 or block_tables.shape[0] != B:
         raise ValueError(f"{op}: block_tables must be [B={B}, max_blocks], got {tuple(block_tables.shape)}")
     for name, t in (("seq_lens", seq_lens), ("first_pos", first_pos), ("q_pos", q_pos)):
@@ -155,12 +161,8 @@ def check_paged_attention_inputs(q, k_cache, v_cache, block_tables, cu_seqlens_q
     """Shapes, dtypes and devices of `paged_attention`'s inputs; the error names the tensor at fault."""
     if q.dim() != 3:
         raise ValueError(f"{op}: q must be [T, Hq, D], got {tuple(q.shape)}")
-    T, Hq, D = q.shape
-    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.shape[3] != D:
-        raise ValueError(f"{op}: k_cache and v_cache must both be [num_blocks, block_size, Hkv, D={D}], "
-                         f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
-    if Hq % k_cache.shape[2]:
-        raise ValueError(f"{op}: q's Hq={Hq} is not a multiple of the caches' Hkv={k_cache.shape[2]}")
+    T = q.shape[0]
+    _check_caches(q, k_cache, v_cache, op)
     if k_cache.dtype != v_cache.dtype or not (k_cache.dtype == q.dtype or k_cache.dtype in _FP8_KV):
         raise ValueError(f"{op}: k_cache/v_cache dtypes ({k_cache.dtype}, {v_cache.dtype}) must both be q's "
                          f"({q.dtype}) or both one fp8 dtype")

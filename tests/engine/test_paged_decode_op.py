@@ -4,24 +4,13 @@ import pytest
 import torch
 
 from amd_llama4.ops.paged_attention import paged_attention_decode, paged_attention_decode_static
+from tests.ops.paged_attention_cases import make_case
 
 
 def _case(B, Hq, Hkv, D, page, lens, first, dtype=torch.float32, spare=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    need = [-(-n // page) for n in lens]
-    nb = sum(need) + 3
-    kc = torch.randn(nb, page, Hkv, D, generator=g).to(dtype)
-    vc = torch.randn(nb, page, Hkv, D, generator=g).to(dtype)
-    perm = torch.randperm(nb, generator=g)
-    # spare columns hold a real block id (not 0): the mask, not the table, must hide them
-    bt = torch.full((B, max(need) + spare), int(perm[-1]), dtype=torch.int32)
-    i = 0
-    for b, n in enumerate(need):
-        bt[b, :n] = perm[i:i + n]
-        i += n
-    q = torch.randn(B, Hq, D, generator=g).to(dtype)
-    lens_t, first_t = torch.tensor(lens, dtype=torch.int32), torch.tensor(first, dtype=torch.int32)
-    return q, kc, vc, bt, lens_t, first_t, first_t + lens_t - 1
+    """A decode step (one new token per sequence) from the shared paged-cache case builder."""
+    c = make_case(lens, [1] * B, first, Hq, Hkv, D, page, dtype, spare, seed)
+    return c["q"], c["k_cache"], c["v_cache"], c["block_tables"], c["seq_lens"], c["first_pos"], c["q_pos"]
 
 
 @pytest.mark.parametrize("chunk", [None, 8, 32])

@@ -141,3 +141,15 @@ def real_engine_server(max_queue: int, **engine_args):
     finally:
         for e in engines:
             e.shutdown()
+
+
+async def stream_events(client: httpx.AsyncClient, url: str, body: dict) -> list[Any]:
+    """POST a streaming request; asserts 200 and a final [DONE] -> the parsed chunks before it."""
+    lines = []
+    async with client.stream("POST", url, json=body) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                lines.append(line[6:])
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]

@@ -11,6 +11,8 @@ from serve_utils import asgi_client, need, parse_sse, real_engine_server, run
 
 from fake_engine import expected_text
 
+from tests.engine.test_prompt_logprobs import CFG as PLP_CFG
+
 httpx = need("httpx")
 
 CMPL = "/v1/completions"
@@ -119,11 +121,8 @@ def test_tokenize_detokenize_fake(make_app):
 
 # ---- real engine on a checkpoint saved by transformers: numbers ----------------------------------
 
-CFG = dict(vocab_size=512, hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-           intermediate_size=40, intermediate_size_mlp=56, num_hidden_layers=4, attention_chunk_size=8,
-           floor_scale=4, attn_scale=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-           max_position_embeddings=256, num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=1,
-           use_qk_norm=True, rope_scaling=None)
+# the prompt-logprobs engine test's model, with the tiny tokenizer's 512 ids
+CFG = dict(PLP_CFG, vocab_size=512)
 
 
 @pytest.fixture(scope="module")

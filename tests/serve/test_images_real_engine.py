@@ -3,7 +3,7 @@ text, greedy tokens equal to LLM.chat with the same image, usage counting the im
 from __future__ import annotations
 
 import pytest
-from serve_utils import need, real_engine_server, run, wait_until
+from serve_utils import need, real_engine_server, run, stream_events, wait_until
 
 from test_images_media import data_url, encode, gradient
 
@@ -80,21 +80,13 @@ def test_load_with_image_parts_all_complete_and_free_kv(server):
     """Load test with content parts: 16 concurrent streamed chats, each with an image (4 distinct, so
     the encoder cache is shared) — every stream ends with [DONE], nothing lost, KV back to idle."""
     import asyncio
-    import json
 
     urls = [data_url(encode(gradient(40 + 30 * i, 60), "PNG")) for i in range(4)]
 
     async def one(client, i):
         body = {"model": "tiny-scout", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": urls[i % 4]}}, {"type": "text", "text": f"image {i}"}]}]}
-        lines = []
-        async with client.stream("POST", server.url + "/v1/chat/completions", json=body) as resp:
-            assert resp.status_code == 200
-            async for line in resp.aiter_lines():
-                if line.startswith("data: "):
-                    lines.append(line[6:])
-        assert lines[-1] == "[DONE]"
-        return [json.loads(x) for x in lines[:-1]]
+        return await stream_events(client, server.url + "/v1/chat/completions", body)
 
     async def main():
         async with httpx.AsyncClient(timeout=120) as client:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
-from serve_utils import need, real_engine_server, run, wait_until
+from serve_utils import need, real_engine_server, run, stream_events, wait_until
 
 openai = need("openai")
 httpx = need("httpx")
@@ -41,14 +40,7 @@ def test_concurrent_streams_end_with_done_and_free_kv(server, clients):
     """Load test: every client gets its whole stream and [DONE]; nothing lost; KV back to idle."""
     async def one(client, i):
         body = {"model": "tiny-scout", "prompt": f"request {i}", "max_tokens": 16, "stream": True}
-        lines = []
-        async with client.stream("POST", server.url + "/v1/completions", json=body) as resp:
-            assert resp.status_code == 200
-            async for line in resp.aiter_lines():
-                if line.startswith("data: "):
-                    lines.append(line[6:])
-        assert lines[-1] == "[DONE]"
-        return [json.loads(x) for x in lines[:-1]]
+        return await stream_events(client, server.url + "/v1/completions", body)
 
     async def main():
         async with httpx.AsyncClient(timeout=60) as client:
