@@ -337,13 +337,16 @@ def preset(name: str, **overrides: Any) -> Llama4Config:
 
 
 FP8_FORMAT_NAMES = tuple(FP8_FORMATS)
+INT4_GROUP_SIZES = (32, 64, 128)
 
 
 @dataclass
 class QuantConfig:
     """How weights, activations and the KV cache are quantised. One object, passed down; never flags.
 
-    method: None (no weight quantisation) or "fp8".
+    method: None (no weight quantisation), "fp8" (w8a8) or "int4" (weight-only w4a16, group-wise).
+    group_size: int4 only: input columns sharing one scale (and zero point): 32, 64 or 128.
+    zero_point: int4 only: False = symmetric (zero point 8 of 0..15), True = a uint4 zero point per group.
     fp8_format: "e4m3fn" | "e4m3fnuz" | None (None = the platform's format, see platform.fp8_format()).
     weight_block: None = per-output-channel scales; (128, 128) = block scales.
     activation: "per_token" dynamic scales (the only scheme for now).
@@ -357,10 +360,20 @@ class QuantConfig:
     activation: str = "per_token"
     kv_cache_dtype: str = "auto"
     ignore: list[str] = field(default_factory=list)
+    group_size: int = 128
+    zero_point: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in (None, "fp8"):
-            raise ValueError(f"QuantConfig.method: {self.method!r} unsupported (None or 'fp8')")
+        if self.method not in (None, "fp8", "int4"):
+            raise ValueError(f"QuantConfig.method: {self.method!r} unsupported (None, 'fp8' or 'int4')")
+        if self.method == "int4":
+            # the int4 kernels unroll whole groups of 32 packed columns (ops/int4.py)
+            if isinstance(self.group_size, bool) or self.group_size not in INT4_GROUP_SIZES:
+                raise ValueError(f"QuantConfig.group_size: {self.group_size!r} not in {INT4_GROUP_SIZES}")
+            if not isinstance(self.zero_point, bool):
+                raise ValueError(f"QuantConfig.zero_point: {self.zero_point!r} must be True or False")
+            if self.weight_block is not None:
+                raise ValueError(f"QuantConfig.weight_block: {self.weight_block!r} is FP8 only; int4 uses group_size")
         if self.fp8_format not in (None, *FP8_FORMAT_NAMES):
             raise ValueError(f"QuantConfig.fp8_format: {self.fp8_format!r} not in {FP8_FORMAT_NAMES}")
         if self.kv_cache_dtype not in ("auto", "fp8"):

@@ -16,6 +16,9 @@
 #endif
 
 namespace py = pybind11;
+namespace al4::cpu {
+void register_int4_ops(py::module_& m);  // int4_linear, dequantize_int4, fused_moe_int4 (cpu/int4_bindings.cpp)
+}
 using al4::TensorRef;
 
 namespace {
@@ -353,6 +356,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("block_tables"), py::arg("cu_seqlens_q"), py::arg("seq_lens"), py::arg("first_pos"), py::arg("q_pos"),
         py::arg("scale"), py::arg("chunk_size"), py::arg("k_scale").none(true), py::arg("v_scale").none(true),
         py::arg("out"), nogil);
+  al4::cpu::register_int4_ops(m);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK
   al4::ck_backend::register_ops(m);  // ck_fused_moe*: chosen over fused_moe in amd_llama4/ops/native.py

@@ -58,25 +58,8 @@ SPLIT_PATTERN = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Llama 4 chat format (../shared/llama4-spec.md): bos, then per message
-# <|header_start|>{role}<|header_end|>\n\n{content}<|eot|>; generation prompt opens an assistant turn.
-# Image content parts render as one <|image|> each, as Llama 4's released template does.
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|header_start|>' + message['role'] + '<|header_end|>\\n\\n' }}"
-    "{%- if message['content'] is string %}"
-    "{{- message['content'] }}"
-    "{%- else %}"
-    "{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' %}{{- '<|image|>' }}"
-    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|eot|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|header_start|>assistant<|header_end|>\\n\\n' }}{%- endif %}"
-)
+# Llama 4 chat format, with tools, tool calls and tool results: kept readable in its own file.
+CHAT_TEMPLATE = (Path(__file__).resolve().parent / "llama4_chat_template.jinja").read_text(encoding="utf-8")
 
 STDLIB_MODULES = [
     "argparse", "base64", "bisect", "calendar", "collections", "contextlib", "csv", "dataclasses",

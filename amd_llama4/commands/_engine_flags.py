@@ -11,8 +11,11 @@ _FLAGS = (
     ("--dtype", "dtype", dict(help="auto (GPU: the checkpoint's torch_dtype; CPU: float32) | bfloat16 | "
                                    "float16 | float32")),
     ("--kv-cache-dtype", "kv_cache_dtype", dict(choices=["auto", "fp8"], help="auto (= dtype) | fp8")),
-    ("--quantization", "quantization", dict(choices=["fp8"], help="online FP8 weights + activations "
-                                                                  "(pre-quantised checkpoints need no flag)")),
+    ("--quantization", "quantization", dict(choices=["fp8", "int4"], help="online: fp8 (weights + activations) "
+                                            "| int4 (weights only, group 128; pre-quantised checkpoints need no flag)")),
+    ("--cpu-offload-experts", "cpu_offload_experts",
+     dict(metavar="all|N", help="routed experts of all / the first N MoE layers stay in host memory and run on "
+                                "the CPU (llama.cpp's --n-cpu-moe); attention and shared expert stay on the GPU")),
     ("--max-model-len", "max_model_len", dict(type=int, help="prompt + output tokens per request")),
     ("--max-num-seqs", "max_num_seqs", dict(type=int, help="sequences batched per engine step")),
     ("--max-num-batched-tokens", "max_num_batched_tokens", dict(type=int, help="tokens per engine step "

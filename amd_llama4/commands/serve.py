@@ -13,7 +13,11 @@ def run(args) -> int:
                                  ("engine_factory", args.engine_factory),
                                  ("limit_mm_per_prompt", args.limit_mm_per_prompt),
                                  ("allowed_media_domains", args.allowed_media_domains),
-                                 ("max_image_pixels", args.max_image_pixels)) if v is not None}
+                                 ("max_image_pixels", args.max_image_pixels),
+                                 ("tool_call_parser", args.tool_call_parser),
+                                 ("enable_auto_tool_choice", args.enable_auto_tool_choice or None)) if v is not None}
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:  # as vLLM: before the model loads
+        raise SystemExit("amd-llama4 serve: --enable-auto-tool-choice needs --tool-call-parser")
     if any(k in options for k in _MEDIA_OPTIONS):  # a bad value fails here, before the model loads
         from amd_llama4.multimodal.media import MediaLimits
 
@@ -51,6 +55,10 @@ def register(sub) -> None:
                    help="hosts that http(s) image URLs may name (default: none, only data: URLs)")
     p.add_argument("--max-image-pixels", type=int, default=None,
                    help="largest decoded image, width x height; larger is HTTP 400 (default 67108864 = 8192^2)")
+    p.add_argument("--tool-call-parser", default=None, choices=["llama4_pythonic", "llama4_json"],
+                   help="how tool_choice=auto output becomes tool_calls: Llama 4's pythonic list or its JSON form")
+    p.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="allow tool_choice=auto (the default when a request has tools); needs --tool-call-parser")
     p.add_argument("--no-ray", action="store_true", help="plain uvicorn in this process, no Ray")
     p.add_argument("--engine-factory", default=None,
                    help="'module:attr' called with the engine args (default: AsyncEngine.from_config)")

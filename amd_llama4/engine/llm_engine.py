@@ -49,8 +49,16 @@ class EngineArgs:
     # images under tensor parallelism (vLLM's name): "weights" = every rank encodes every image with its
     # replicated tower; "data" = each rank encodes a share of a step's images, one all_gather shares them
     mm_encoder_tp_mode: str = "weights"
+    # routed experts of 'all' / the first N MoE layers stay in host memory and run on the CPU
+    # (model/offload.py); a GPU step then waits on the host per such layer: no decode graphs (eager)
+    cpu_offload_experts: str | int | None = None
 
     def __post_init__(self) -> None:
+        from amd_llama4.model.offload import check_offload_spec
+
+        self.cpu_offload_experts = check_offload_spec(self.cpu_offload_experts)
+        if self.cpu_offload_experts not in (None, 0):
+            self.enforce_eager = True
         if self.block_size < 1:
             raise ValueError(f"block_size {self.block_size} must be >= 1")
         if self.max_num_seqs < 1:
@@ -118,7 +126,12 @@ class LLMEngine:
             device = resolve_tp_device(args.device, args.tensor_parallel_size)
         else:
             device = resolve_device(args.device)
-        cfg = self.config = model.config if model is not None else load_config(args.model)
+        if model is None and str(args.model).lower().endswith(".gguf"):  # llama.cpp GGUF: config from its metadata
+            from amd_llama4.gguf import read_config
+
+            cfg = self.config = read_config(args.model)
+        else:
+            cfg = self.config = model.config if model is not None else load_config(args.model)
         self.device, self.dtype = device, resolve_dtype(args.dtype, device, cfg)
         self.max_model_len = memory.model_len(args, cfg)
         self.tokenizer = self._load_tokenizer(args.tokenizer or args.model)
@@ -130,7 +143,8 @@ class LLMEngine:
             from amd_llama4.model.loader import load_model
 
             self.model = model if model is not None else load_model(
-                args.model, dtype=self.dtype, device=device, quantization=args.quantization, progress=False)
+                args.model, dtype=self.dtype, device=device, quantization=args.quantization, progress=False,
+                cpu_offload_experts=args.cpu_offload_experts)
         try:
             self.kv_plan, blocks = self._size_kv_cache()
             fmt = None
@@ -158,6 +172,7 @@ class LLMEngine:
         self.encoder_cache = EncoderCache()  # tp > 1: each rank holds its own (engine/tp/worker.py)
         self._requests: dict[str, Sequence] = {}  # sequence id -> live Sequence (one per sample)
         self._groups: dict[str, _Request] = {}  # request id -> its unfinished request
+        self._structured = None  # structured.backend.StructuredBackend, built on the first constrained request
 
     def _start_workers(self):
         from dataclasses import fields
@@ -215,7 +230,8 @@ class LLMEngine:
 
         if source in PRESETS and source.startswith("tiny"):
             return Tokenizer.from_pretrained(source)
-        if os.path.isdir(source) and os.path.exists(os.path.join(source, "tokenizer.json")):
+        if (os.path.isdir(source) and os.path.exists(os.path.join(source, "tokenizer.json"))
+                or str(source).lower().endswith(".gguf")):  # GGUF: from its tokenizer.ggml.* metadata
             return Tokenizer.from_pretrained(source)
         return None  # token-id prompts only; outputs carry ids and empty text
 
@@ -243,6 +259,8 @@ class LLMEngine:
         if request_id in self._groups or any(i in self._requests for i in seq_ids):
             raise ValueError(f"request id {request_id!r} is already running")
         text, ids = self.encode(prompt)
+        if params.structured_outputs is not None:  # compile now: a bad grammar is this call's ValueError
+            self._structured_backend().compile(params.structured_outputs)
         ids, mm = self._expand_images(ids, images_of(multi_modal_data))
         if len(ids) >= self.max_model_len:
             n_img = sum(im.end - im.start for im in mm.images) if mm is not None else 0
@@ -292,9 +310,20 @@ class LLMEngine:
             from amd_llama4.engine.detokenizer import IncrementalDetokenizer
 
             detok = IncrementalDetokenizer(self.tokenizer, p, req.prompt_token_ids)
-        return _SeqState(req, i, SamplingState(p, req.prompt_token_ids, self.eos_ids), detok,
+        matcher = None if p.structured_outputs is None else self._structured_backend().matcher(p.structured_outputs)
+        return _SeqState(req, i, SamplingState(p, req.prompt_token_ids, self.eos_ids, matcher=matcher), detok,
                          [] if req.params.logprobs is not None else None,
                          0.0 if p.logprobs is not None else None)
+
+    def _structured_backend(self):
+        """The grammar backend (tokenizer bridge + compile cache), built once. Under tensor
+        parallelism rank 0 has its own (it samples); this one advances the driver's matchers, which
+        decide when a sequence ends."""
+        if self._structured is None:
+            from amd_llama4.structured.backend import StructuredBackend
+
+            self._structured = StructuredBackend(self.tokenizer, self.eos_ids)
+        return self._structured
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """End every sample of the request still running; -> their final output (None: unknown id)."""

@@ -4,6 +4,9 @@ Order, per row:
  1. min_tokens: while fewer than min_tokens ids were generated, eos (unless ignore_eos) and
     stop_token_ids get logit -inf. logit_bias: each request's biases added to its row (one
     index_add_ for the batch, from per-request device tensors built once: no host sync).
+    structured outputs: rows with a grammar matcher get -inf on every id the grammar does not allow
+    now (eos only where the grammar accepts): the bitmask is filled on the host and applied on the
+    device by one op (amd_llama4/structured/bitmask.py), before penalties, temperature and logprobs.
  2. Penalties. repetition (over prompt + output ids): positive logits / r, negative logits * r.
     presence / frequency (over output ids): logit -= presence * [count > 0] + frequency * count.
  3. Logprobs (only when params.logprobs is not None): log_softmax of the logits after steps 1-2 and
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from amd_llama4.engine.sampling_params import SamplingParams
+from amd_llama4.structured.bitmask import apply_token_bitmask_, fill_bitmask
 
 _GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM), avoiding overflow in logits / T
 
@@ -40,7 +44,8 @@ class SampleResult:
 @dataclass(eq=False)  # identity equality: holds tensors and a generator
 class SamplingState:
     """Per-request sampling state. The engine calls `append(token_id)` for every sampled id and then
-    `check_stop(token_id)`."""
+    `check_stop(token_id)`. matcher: the sample's GrammarMatcher (params.structured_outputs; the
+    engine attaches it), advanced by append."""
 
     params: SamplingParams
     prompt_token_ids: list[int]
@@ -53,6 +58,7 @@ class SamplingState:
     _prompt_mask: torch.Tensor | None = field(default=None, init=False, repr=False)  # [V] bool
     _pending: list[int] = field(default_factory=list, init=False, repr=False)
     _bias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)  # ids, values
+    matcher: object | None = field(default=None, repr=False)  # structured.backend.GrammarMatcher
 
     def __post_init__(self) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)
@@ -69,6 +75,8 @@ class SamplingState:
 
     def append(self, token_id: int) -> None:
         self.output_token_ids.append(int(token_id))
+        if self.matcher is not None:
+            self.matcher.accept(token_id)
         if self.uses_penalties:
             self._pending.append(int(token_id))
 
@@ -78,6 +86,8 @@ class SamplingState:
         detokenizer's job; the engine also has to stop at the model's context length."""
         p = self.params
         n = len(self.output_token_ids)
+        if self.matcher is not None and self.matcher.terminated:  # nothing more can follow: stop (even
+            return True, "stop", None  # before min_tokens) without spending a step on eos
         if n < p.min_tokens:
             return False, None, None
         if token_id in p.stop_token_ids:
@@ -141,6 +151,9 @@ class Sampler:
         logits = logits.to(torch.float32, copy=True)  # logits: [B, V]; the caller's buffer stays intact
         _suppress(logits, states)
         _apply_logit_bias(logits, states)
+        mask = fill_bitmask([s.matcher for s in states], V, dev)  # None: no row is constrained
+        if mask is not None:
+            apply_token_bitmask_(logits, mask)
         _apply_penalties(logits, states)
 
         lp_rows = [i for i, s in enumerate(states) if s.params.logprobs is not None]

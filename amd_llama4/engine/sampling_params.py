@@ -4,6 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 
+from amd_llama4.structured.params import StructuredOutputsParams
+
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
 
@@ -30,7 +32,9 @@ class SamplingParams:
     prompt_logprobs: None, or N top logprobs per prompt token (vLLM's): the log_softmax of the model
     at every prompt position, the first entry None (nothing predicts it). max_tokens=0: no sampling,
     the request ends after its prompt (with prompt_logprobs: scoring only, finish_reason "length").
-    logit_bias: token id -> additive bias in [-100, 100] on the logits before anything else."""
+    logit_bias: token id -> additive bias in [-100, 100] on the logits before anything else.
+    structured_outputs: a constraint (JSON schema, regex, choice, grammar, any JSON object) the output
+    must match; each sample ends with finish_reason "stop" once the grammar accepts and cannot go on."""
 
     n: int = 1
     best_of: int | None = None
@@ -53,6 +57,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -106,6 +111,9 @@ class SamplingParams:
                     raise bad("logit_bias", f"bias {b} for token {t} not in [-100, 100]")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", f"{self.seed!r} must be an integer")
+        so = self.structured_outputs
+        if so is not None and not isinstance(so, StructuredOutputsParams):
+            raise bad("structured_outputs", f"must be a StructuredOutputsParams, got {type(so).__name__}")
 
     @property
     def greedy(self) -> bool:

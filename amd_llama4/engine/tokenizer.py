@@ -99,6 +99,12 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path_or_preset: str | Path) -> "Tokenizer":
         path = Path(path_or_preset)
+        if path.suffix.lower() == ".gguf":  # llama.cpp's GGUF: from its tokenizer.ggml.* metadata
+            from amd_llama4.gguf.tokenizer import tokenizer_parts_from_gguf
+
+            parts = tokenizer_parts_from_gguf(path)
+            return cls(parts["hf"], parts["config"], parts["chat_template"], parts["eos_ids"],
+                       source=parts["source"], byte_level=True)
         if not path.is_dir():
             if str(path_or_preset).startswith("tiny"):
                 path = tiny_tokenizer_dir()
@@ -179,16 +185,22 @@ class Tokenizer:
 
     # -- chat ------------------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> str | list[int]:
+                            tokenize: bool = False, tools: list[dict] | None = None) -> str | list[int]:
         """Render messages with the model's jinja2 chat template. The text starts with bos, so
-        tokenize=True does not add a second one."""
+        tokenize=True does not add a second one. `tools`: OpenAI tool dicts
+        ({"type": "function", "function": {name, description, parameters}}), given to the template
+        as transformers does; assistant messages may carry `tool_calls` (arguments as JSON text or a
+        dict: the template gets a dict, as Llama templates expect)."""
         if self.chat_template is None:
             raise ValueError(
                 f"tokenizer {self.source}: no chat template (looked for chat_template.jinja, "
                 "chat_template.json and 'chat_template' in tokenizer_config.json)")
         _validate_messages(messages)
+        if tools is not None and (not isinstance(tools, (list, tuple)) or not all(isinstance(t, dict) for t in tools)):
+            raise ValueError("tools: must be a list of tool dicts")
         text = _compiled(self.chat_template).render(
             messages=_template_messages(messages), add_generation_prompt=add_generation_prompt,
+            tools=list(tools) if tools else None,
             bos_token=_token_content(self._config.get("bos_token")) or "",
             eos_token=_token_content(self._config.get("eos_token")) or "",
             pad_token=_token_content(self._config.get("pad_token")) or "",
@@ -231,6 +243,10 @@ def _validate_messages(messages: Any) -> None:
         if ROLE_ALIASES.get(role, role) == "system" and i != 0:
             raise ValueError(f"messages[{i}]: a system message must come first")
         content = m.get("content")
+        if m.get("tool_calls"):  # (an empty list: no calls)
+            _validate_tool_calls(m, i)
+            if content is None:
+                continue  # an assistant turn of calls only
         if isinstance(content, str):
             continue
         if not isinstance(content, list):
@@ -247,6 +263,42 @@ def _validate_messages(messages: Any) -> None:
                 raise ValueError(f"messages[{i}].content[{j}].text: must be a string")
 
 
+def _validate_tool_calls(m: dict, i: int) -> None:
+    calls = m["tool_calls"]
+    if m.get("role") != "assistant":
+        raise ValueError(f"messages[{i}].tool_calls: only assistant messages carry tool calls")
+    if not isinstance(calls, (list, tuple)):
+        raise ValueError(f"messages[{i}].tool_calls: must be a list")
+    for j, call in enumerate(calls):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ValueError(f"messages[{i}].tool_calls[{j}].function.name: must be a string")
+        _call_arguments(fn.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")
+
+
+def _call_arguments(args: Any, where: str) -> dict:
+    """A call's arguments as a dict (OpenAI sends JSON text)."""
+    if args is None:
+        return {}
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(args, dict):
+        raise ValueError(f"{where}: must be a JSON object")
+    return args
+
+
+def _template_calls(calls: list) -> list[dict]:
+    out = []
+    for call in calls:
+        fn = call.get("function", call)
+        fn = {**fn, "arguments": _call_arguments(fn.get("arguments"), "tool_calls")}
+        out.append({**call, "function": fn} if "function" in call else fn)
+    return out
+
+
 def count_image_parts(messages: list[dict]) -> int:
     """Image content parts in `messages`: the `<|image|>` placeholders the template will write."""
     return sum(1 for m in messages if isinstance(m.get("content"), list)
@@ -260,6 +312,8 @@ def _template_messages(messages: list[dict]) -> list[dict]:
     for m in messages:
         if m.get("role") in ROLE_ALIASES:
             m = {**m, "role": ROLE_ALIASES[m["role"]]}
+        if m.get("tool_calls"):
+            m = {**m, "tool_calls": _template_calls(m["tool_calls"])}
         content = m.get("content")
         if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
             m = {**m, "content": [{"type": "image"} if p.get("type") == "image_url" else p for p in content]}
@@ -271,12 +325,19 @@ def _raise(msg: str) -> None:
     raise ValueError(f"chat template: {msg}")
 
 
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 @lru_cache(maxsize=8)
 def _compiled(template: str):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    # Same environment settings as HF transformers, so released templates render identically.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    # Same environment settings as HF transformers, so released templates render identically:
+    # loop controls, and its tojson (plain json.dumps: no HTML escaping, keys in order).
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)

@@ -32,7 +32,8 @@ _log = logging.getLogger("amd_llama4")
 
 
 def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                fp8: tuple[QuantConfig, str] | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
+                fp8: tuple[QuantConfig, str] | None = None, parallel: Parallel = SINGLE,
+                offload: tuple[int, ...] = ()) -> Llama4ForCausalLM:
     """An uninitialised model on `device` (built on the meta device: no wasted init): multimodal when
     cfg.vision_config is set. With `fp8` (QuantConfig, format): FP8 modules in place of the linears and
     experts it quantises (never the vision tower's)."""
@@ -46,7 +47,19 @@ def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: s
         if cfg.is_multimodal:  # the tower stays in high precision, as in peers and Meta's FP8 release
             q = dataclasses.replace(q, ignore=[*q.ignore, *(p.rstrip(".") for p in VISION_PREFIXES)])
         fp8_skeleton(model, q, fp8[1])
-    return model.to_empty(device=device).eval()
+    if offload:  # experts of these MoE layers materialise in host memory, never on `device` (model/offload.py)
+        from amd_llama4.model.offload import offload_skeleton
+
+        offload_skeleton(model, offload, device)
+    return retie(model.to_empty(device=device).eval())
+
+
+def retie(model: Llama4ForCausalLM) -> Llama4ForCausalLM:
+    """to_empty() gives every parameter its own storage, which unties a tied lm_head from the embedding
+    (and _fill skips lm_head.weight for tied configs): tie it again."""
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
 
 
 def _full_shapes(cfg: Llama4Config, q: QuantConfig | None) -> dict[str, torch.Size]:
@@ -155,7 +168,8 @@ def _fill(model: Llama4ForCausalLM, source, device: torch.device, dtype: torch.d
                     continue
                 if tuple(t.shape) != tuple(p.shape):
                     raise CheckpointError(f"{label}: slice of {n!r} is {list(t.shape)}, rank expects {list(p.shape)}")
-                if (p.dtype in FP8_DTYPES and t.dtype != p.dtype) or not t.is_floating_point():
+                if ((p.dtype in FP8_DTYPES and t.dtype != p.dtype)
+                        or (not t.is_floating_point() and not p.dtype == t.dtype == torch.uint8)):  # uint8: int4
                     raise CheckpointError(f"{source.file_of(n)}: tensor {n!r} has dtype {t.dtype}, expected "
                                           f"{p.dtype if p.dtype in FP8_DTYPES else 'a floating-point dtype'}")
                 p.copy_(t)  # casts and moves in one go: no second full-size copy on the device
@@ -181,15 +195,16 @@ def load_checkpoint(model: Llama4ForCausalLM, folder: str, progress: bool = True
 
 
 def _quant_arg(quantization: str | QuantConfig | None) -> QuantConfig | None:
-    q = QuantConfig(method="fp8") if quantization == "fp8" else quantization
+    q = QuantConfig(method=quantization) if quantization in ("fp8", "int4") else quantization
     if q is not None and not isinstance(q, QuantConfig):
-        raise ValueError(f"quantization={quantization!r}: expected None, 'fp8' or a QuantConfig")
-    return q if q is not None and q.method == "fp8" else None
+        raise ValueError(f"quantization={quantization!r}: expected None, 'fp8', 'int4' or a QuantConfig")
+    return q if q is not None and q.method in ("fp8", "int4") else None
 
 
 def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
                device: str | torch.device = "auto", seed: int | None = None, progress: bool = True,
-               quantization: str | QuantConfig | None = None, parallel: Parallel = SINGLE) -> Llama4ForCausalLM:
+               quantization: str | QuantConfig | None = None, parallel: Parallel = SINGLE,
+               cpu_offload_experts: str | int | None = None) -> Llama4ForCausalLM:
     """A preset name ('tiny-scout', ...): the shipped trained weights (tiny presets) or, with `seed`,
     random weights from that seed (seed 0 where nothing is shipped); a folder loads its
     config.json and safetensors weights. device="auto": the GPU torch sees, else the CPU; "meta":
@@ -198,6 +213,8 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
     converted to the platform's format (e4m3fn -> e4m3fnuz on MI300). `parallel`: this rank's slices.
     dtype="auto": platform.resolve_dtype (the checkpoint's torch_dtype on GPU, fp32 on CPU)."""
     from amd_llama4.quant.fp8 import convert_model_format, parse_quantization_config, resolve_format
+    from amd_llama4.model.loader_int4 import load_int4
+    from amd_llama4.quant.int4 import is_int4_config
 
     device = resolve_device(device)
     q = _quant_arg(quantization)
@@ -206,6 +223,17 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
     if is_preset(p):
         cfg = preset(p)
         source = _PresetSource(cfg, seed, meta=device.type == "meta", name=p)
+    elif p.lower().endswith(".gguf"):  # llama.cpp's GGUF (amd_llama4/gguf): config from its metadata
+        from amd_llama4.gguf import GGUFSource
+
+        source = GGUFSource(p, meta=device.type == "meta")
+        cfg = source.config
+        if q is not None and q.method == "int4" and source.has_type("Q4_0"):  # kept bit for bit: gguf/int4.py
+            from amd_llama4.model.loader_int4 import load_gguf_int4
+            from amd_llama4.model.offload import offload_experts, parse_offload
+
+            model = load_gguf_int4(source, resolve_dtype(dtype, device, cfg), device, parallel, progress)
+            return offload_experts(model, parse_offload(cpu_offload_experts, cfg))  # moved after the load
     elif not os.path.isdir(p):
         raise FileNotFoundError(f"{p!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
     else:
@@ -217,12 +245,26 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
                       "(no 'vision_model.patch_embedding.linear.weight'): loading the text model only", p)
             cfg = dataclasses.replace(cfg, vision_config=None)
         source = CheckpointSource(ckpt, meta=device.type == "meta", text_only=not cfg.is_multimodal)
+    if (q is not None and q.method == "int4") or is_int4_config(cfg.quantization_config):  # quant/int4.py
+        if pre is not None or (q is not None and q.method != "int4"):
+            raise ValueError(f"{p}: quantization={q.method!r} on a pre-quantised "
+                             f"{'FP8' if pre is not None else 'int4'} checkpoint is not supported")
+        model = load_int4(cfg, source, q, resolve_dtype(dtype, device, cfg), device, parallel, p, progress)
+        # experts for --cpu-offload-experts move to the host after the load here (load_int4 has no
+        # skeleton hook yet: model/offload.py's offload_skeleton would keep them off the device entirely)
+        from amd_llama4.model.offload import offload_experts, parse_offload
+
+        return offload_experts(model, parse_offload(cpu_offload_experts, cfg))
     if parallel.enabled and ((pre and pre[0].weight_block) or (q and q.weight_block)):
         raise ValueError("block-scaled FP8 with tensor parallelism is not supported yet")
     online = q if pre is None else None
     skeleton = pre if pre is not None else ((q, resolve_format(q)) if q is not None else None)
     dtype = resolve_dtype(dtype, device, cfg)
-    model = build_model(cfg, dtype, device, skeleton, parallel)
+    # cpu_offload_experts: 'all' | N (the first N MoE layers): those layers' routed experts are
+    # filled in host memory and run on the host even when device is a GPU (model/offload.py)
+    from amd_llama4.model.offload import parse_offload
+
+    model = build_model(cfg, dtype, device, skeleton, parallel, parse_offload(cpu_offload_experts, cfg))
     _fill(model, source, device, dtype, online, p, progress)
     if pre is not None:
         convert_model_format(model, resolve_format(q or pre[0]))

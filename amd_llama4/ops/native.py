@@ -417,3 +417,62 @@ if _C is not None:
     register("fused_moe_fp8", "native", supports=_fused_moe_fp8_ok)(fused_moe_fp8)
     register("quantize_fp8", "native", supports=_quantize_ok)(quantize_fp8)
     register("paged_attention", "native", supports=_paged_attention_ok)(paged_attention)
+
+
+# ---------------------------------------------------------------- int4 w4a16 (CPU; ops/int4.py)
+
+# Up to this many rows the int4 kernel (nibbles dequantised in registers) runs; above, weight rows
+# are dequantised natively to x's dtype, a chunk at a time, and torch's BLAS multiplies (prefill:
+# there the arithmetic dominates, and a bf16 GEMM beats any weight-streaming kernel).
+INT4_GEMV_MAX_ROWS = 16
+INT4_DEQUANT_CHUNK_BYTES = 8 << 20  # dequantised weight rows per BLAS call: reused, cache-sized
+
+
+def int4_linear(x, qweight, scales, zeros, group_size):
+    # x: [..., K] fp32|bf16; qweight: uint8 [N, K/2]; scales / zeros: [N, K/G] -> [..., N] x.dtype
+    from amd_llama4.ops.int4 import check_int4_linear_inputs
+
+    N, K = check_int4_linear_inputs(x, qweight, scales, zeros, group_size)
+    x2 = x.reshape(-1, K).contiguous()
+    q, s = qweight.contiguous(), scales.contiguous()
+    z = None if zeros is None else zeros.contiguous()
+    out = torch.empty(x2.shape[0], N, dtype=x.dtype)
+    if x2.shape[0] <= INT4_GEMV_MAX_ROWS:
+        _C.int4_linear(_ref(x2, "x"), _ref(q, "qweight"), _ref(s, "scales"), None if z is None else _ref(z, "zeros"),
+                       int(group_size), _ref(out, "out"))
+    else:
+        rows = max(1, min(N, INT4_DEQUANT_CHUNK_BYTES // (K * x.element_size())))
+        w = torch.empty(rows, K, dtype=x.dtype)
+        for n0 in range(0, N, rows):
+            n1 = min(N, n0 + rows)
+            _C.dequantize_int4(_ref(q[n0:n1], "qweight"), _ref(s[n0:n1], "scales"),
+                               None if z is None else _ref(z[n0:n1], "zeros"), int(group_size), _ref(w[:n1 - n0], "out"))
+            out[:, n0:n1] = torch.nn.functional.linear(x2, w[:n1 - n0])
+    return out.reshape(*x.shape[:-1], N)
+
+
+def _int4_linear_ok(x, qweight, scales, zeros, group_size) -> bool:
+    return (x.dtype in _ACT_DTYPES and all(t is None or t.device.type == "cpu" for t in (x, qweight, scales, zeros))
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def fused_moe_int4(x, w13_q, w13_s, w13_z, w2_q, w2_s, w2_z, topk_weights, topk_ids, group_size):
+    # x: [T, H]; w13_*: [E, 2I, H/2 | H/G]; w2_*: [E, H, I/2 | I/G]; topk_*: [T, k] -> [T, H] x.dtype
+    from amd_llama4.ops.int4 import check_moe_int4_inputs
+
+    check_moe_int4_inputs(x, w13_q, w13_s, w13_z, w2_q, w2_s, w2_z, topk_weights, topk_ids, group_size)
+    x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
+    c = {n: None if t is None else _ref(t.contiguous(), n) for n, t in
+         (("w13_q", w13_q), ("w13_s", w13_s), ("w13_z", w13_z), ("w2_q", w2_q), ("w2_s", w2_s), ("w2_z", w2_z))}
+    _C.fused_moe_int4(_ref(x, "x"), c["w13_q"], c["w13_s"], c["w13_z"], c["w2_q"], c["w2_s"], c["w2_z"],
+                      _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), int(group_size), _ref(out, "out"))
+    return out
+
+
+def _fused_moe_int4_ok(x, w13_q, w13_s, w13_z, w2_q, w2_s, w2_z, topk_weights, topk_ids, group_size) -> bool:
+    return x.dtype in _ACT_DTYPES and all(t is None or t.device.type == "cpu" for t in (x, w13_q, w2_q, topk_ids))
+
+
+if _C is not None and hasattr(_C, "int4_linear"):
+    register("int4_linear", "native", supports=_int4_linear_ok)(int4_linear)
+    register("fused_moe_int4", "native", supports=_fused_moe_int4_ok)(fused_moe_int4)

@@ -173,6 +173,10 @@ def parse_quantization_config(qc: dict | None) -> tuple[QuantConfig, str] | None
     """A checkpoint's `quantization_config` -> (QuantConfig, the format its fp8 tensors are stored in)."""
     if not qc:
         return None
+    from amd_llama4.quant.int4 import is_int4_config
+
+    if is_int4_config(qc):  # int4 (compressed-tensors pack-quantized, GPTQ): quant/int4.py loads those
+        return None
     method = qc.get("quant_method")
     if method not in ("fp8", "fbgemm_fp8", "compressed-tensors"):
         raise ValueError(f"config.json: quantization_config.quant_method {method!r} unsupported "

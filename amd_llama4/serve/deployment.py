@@ -27,6 +27,8 @@ APP_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "limit_mm_per_prompt": lambda v: v if isinstance(v, dict) else str(v),
     "allowed_media_domains": lambda v: v.replace(",", " ").split() if isinstance(v, str) else list(v),
     "max_image_pixels": int,
+    # tool calling: tool_choice "auto" reads the output with this parser (serve/tools/)
+    "tool_call_parser": str, "enable_auto_tool_choice": lambda v: _as_bool(v),
 }
 # `serve run module:app_builder key=value` passes strings; coerce the engine args we know.
 _ENGINE_ARG_TYPES: dict[str, Callable[[Any], Any]] = {

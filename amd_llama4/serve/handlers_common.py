@@ -43,8 +43,11 @@ class State:
     """One app's engine provider, metrics, admission counter and request options."""
 
     def __init__(self, provider: EngineProvider, metrics: ServeMetrics, *, max_queue: int,
-                 request_timeout_s: float, served_model_name: str | None, media: MediaLimits | None = None) -> None:
+                 request_timeout_s: float, served_model_name: str | None, media: MediaLimits | None = None,
+                 tool_call_parser: str | None = None, enable_auto_tool_choice: bool = False) -> None:
         self.provider, self.metrics = provider, metrics
+        # --tool-call-parser / --enable-auto-tool-choice: how tool_choice "auto" output is read
+        self.tool_call_parser, self.enable_auto_tool_choice = tool_call_parser, enable_auto_tool_choice
         self.max_queue, self.request_timeout_s = max_queue, request_timeout_s
         self.served_model_name = served_model_name
         self.media = media or MediaLimits()
@@ -108,10 +111,12 @@ async def tokenize_prompt(engine: Any, prompt: Any) -> list[int]:
     return list(engine.tokenizer.encode(prompt, add_bos=True))
 
 
-async def tokenize_chat(engine: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+async def tokenize_chat(engine: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                        tools: list[dict[str, Any]] | None = None) -> list[int]:
     tok = engine.tokenizer
     try:
-        out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+        extra = {"tools": tools} if tools else {}  # the chat template lists them
+        out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True, **extra)
         if isinstance(out, str):  # the template already holds the BOS token
             out = tok.encode(out, add_bos=False)
     except Exception as e:  # noqa: BLE001 - template/message errors are the client's

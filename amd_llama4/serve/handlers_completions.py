@@ -88,7 +88,8 @@ def add_completion_routes(app: FastAPI, state: State) -> None:
             obj: dict[str, Any] = {"id": prompts[0].gen.request_id, "object": "text_completion",
                                    "created": created, "model": model, "choices": choices}
             if body.include_usage():
-                obj["usage"] = usage_
+                obj["usage"] = (usage_ if usage_ is not None or not body.continuous_usage()
+                                else usage_sum([usage(p.gen) for p in prompts]))
             return sse(obj)
 
         async def one_stream(p: _Prompt, first: Any) -> AsyncIterator[str]:

@@ -25,12 +25,14 @@ def run_server(engine_args: dict[str, Any], host: str = "127.0.0.1", port: int =
                api_key: str | None = None, use_ray: bool = True, *, max_queue: int = DEFAULT_MAX_QUEUE,
                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, served_model_name: str | None = None,
                engine_factory: str = DEFAULT_ENGINE_FACTORY, limit_mm_per_prompt: Any = None,
-               allowed_media_domains: Any = None, max_image_pixels: int | None = None) -> None:
+               allowed_media_domains: Any = None, max_image_pixels: int | None = None,
+               tool_call_parser: str | None = None, enable_auto_tool_choice: bool = False) -> None:
     """Blocks until interrupted. `api_key` None: env AMD_LLAMA4_API_KEY, else no auth."""
     app_options: dict[str, Any] = {"max_queue": max_queue, "request_timeout_s": request_timeout_s,
                                    "served_model_name": served_model_name}
     media = {"limit_mm_per_prompt": limit_mm_per_prompt, "allowed_media_domains": allowed_media_domains,
-             "max_image_pixels": max_image_pixels}
+             "max_image_pixels": max_image_pixels, "tool_call_parser": tool_call_parser,
+             "enable_auto_tool_choice": enable_auto_tool_choice or None}
     app_options.update({k: v for k, v in media.items() if v is not None})
     if use_ray:
         _run_ray(engine_args, host, port, dict(app_options, api_key=api_key, engine_factory=engine_factory))

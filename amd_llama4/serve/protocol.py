@@ -12,6 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from amd_llama4.engine.sampling_params import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, RequestOutputKind, SamplingParams
+from amd_llama4.serve.tools import models as TM
+from amd_llama4.serve.tools import request as TR
+from amd_llama4.structured.params import StructuredOutputsParams
+from amd_llama4.structured.request import (ResponseFormat, StructuredOutputsError, StructuredOutputsRequest,
+                                           request_constraint)
 
 MAX_STOP_STRING_CHARS = 512
 MAX_STOP_TOKEN_IDS = 64
@@ -74,6 +79,8 @@ class ErrorResponse(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    # vLLM's: with include_usage, every chunk also carries the usage so far (guidellm sends it)
+    continuous_usage_stats: bool = False
 
 
 class UsageInfo(_Strict):
@@ -107,6 +114,9 @@ class _SamplingFields(_Model):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
                                         description="vLLM's: top logprobs per prompt token (the first is null)")
     user: str | None = Field(None, max_length=256)
+    response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema output")
+    structured_outputs: StructuredOutputsRequest | None = Field(
+        None, description="vLLM's: exactly one of json (a schema), regex, choice, grammar (Lark), json_object")
 
     @field_validator("stop")
     @classmethod
@@ -154,9 +164,21 @@ class _SamplingFields(_Model):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def continuous_usage(self) -> bool:
+        """Every streamed chunk carries the usage so far (vLLM's continuous_usage_stats)."""
+        return self.include_usage() and bool(self.stream_options.continuous_usage_stats)
+
     def samples(self) -> tuple[int, int | None]:
         """(n, best_of) of this request; only /v1/completions has best_of."""
         return self.n or 1, getattr(self, "best_of", None)
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """The output constraint from response_format / structured_outputs (None: free text); a bad
+        schema, regex or grammar is a 400 naming the field."""
+        try:
+            return request_constraint(self.response_format, self.structured_outputs)
+        except StructuredOutputsError as e:
+            raise bad_request(str(e), e.param) from None
 
     def to_sampling_params(self, max_tokens: int, logprobs: int | None,
                            prompt_logprobs: int | None = None) -> SamplingParams:
@@ -184,6 +206,7 @@ class _SamplingFields(_Model):
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=True if self.skip_special_tokens is None else self.skip_special_tokens,
             include_stop_str_in_output=bool(self.include_stop_str_in_output),
+            structured_outputs=self.structured_outputs_params(),
         )
         if self.logit_bias:
             if "logit_bias" not in {f.name for f in dataclasses.fields(SamplingParams)}:
@@ -312,6 +335,14 @@ class ChatMessage(_Model):
     content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=256)
     tool_call_id: str | None = None
+    tool_calls: list[TM.ToolCallIn] | None = Field(None, description="an assistant turn's calls")
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _check_tool_calls(cls, v: list[TM.ToolCallIn] | None, info: ValidationInfo) -> list[TM.ToolCallIn] | None:
+        if v and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return v
 
     def image_urls(self) -> list[str]:
         """The URLs of this message's image_url parts, in order."""
@@ -344,12 +375,13 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    # Accepted only in their "off" forms; anything else is an explicit 400, not a silent ignore.
-    tools: list[Any] | None = None
-    tool_choice: Any | None = None
+    tools: list[TM.ChatTool] | None = Field(None, max_length=TM.MAX_TOOLS, description="functions the model may call")
+    tool_choice: TM.ToolChoice | None = Field(None, description="none | auto (the default with tools; needs "
+                                              "--enable-auto-tool-choice) | required | a named function")
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call (tool_choice required)")
+    # The legacy function-calling API: accepted only in its "off" forms, anything else is a 400.
     functions: list[Any] | None = None
     function_call: Any | None = None
-    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_unsupported(self):
@@ -357,13 +389,44 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs requires logprobs=true")
         if self.prompt_logprobs is not None and self.stream:
             raise ValueError("prompt_logprobs are not returned with stream=true (as vLLM's)")
-        if self.tools or self.functions:
-            raise ValueError("tools/functions are not supported by this server")
-        if self.tool_choice not in (None, "none", "auto") or self.function_call not in (None, "none", "auto"):
-            raise ValueError("tool_choice/function_call are not supported by this server")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError("response_format other than {'type': 'text'} is not supported")
+        if self.functions or self.function_call not in (None, "none", "auto"):
+            raise ValueError("functions/function_call (the legacy API) are not supported; use tools and tool_choice")
         return self
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, v: list[TM.ChatTool] | None) -> list[TM.ChatTool] | None:
+        return TR.check_tools(v)
+
+    @field_validator("tool_choice", mode="wrap")
+    @classmethod
+    def _check_tool_choice(cls, v: Any, handler: Any, info: ValidationInfo) -> Any:
+        try:
+            v = handler(v)
+        except ValueError:  # pydantic's ValidationError: one message instead of one per union member
+            raise ValueError(TR.TOOL_CHOICE_FORMS) from None
+        return TR.check_tool_choice(v, info.data.get("tools"))
+
+    def tool_mode(self) -> str:
+        """none | auto | required | named: how this request's output is read."""
+        return TR.tool_mode(self.tools, self.tool_choice)
+
+    def structured_outputs_params(self) -> Any:
+        """A forced tool_choice constrains the output to the calls' JSON (shared with
+        response_format / structured_outputs, so not together with them)."""
+        if self.tool_mode() not in (TR.REQUIRED, TR.NAMED):
+            return super().structured_outputs_params()
+        rf = getattr(self, "response_format", None)
+        if getattr(self, "structured_outputs", None) is not None or getattr(rf, "type", "text") != "text":
+            raise bad_request("tool_choice: a forced tool_choice (required or a named function) cannot be combined "
+                              "with response_format or structured_outputs", "tool_choice")
+        from amd_llama4.structured.params import StructuredOutputsParams
+
+        try:
+            return StructuredOutputsParams(json=TR.forced_schema(self.tools or [], self.tool_choice,
+                                                                 self.parallel_tool_calls))
+        except ValueError as e:
+            raise bad_request(f"tools: the tool_choice grammar cannot be built: {str(e)[:400]}", "tools") from None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -376,6 +439,8 @@ class ChatCompletionRequest(_SamplingFields):
                 d["name"] = m.name
             if m.tool_call_id is not None:
                 d["tool_call_id"] = m.tool_call_id
+            if m.tool_calls:
+                d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             out.append(d)
         return out
 
@@ -401,6 +466,7 @@ class ChoiceLogprobs(_Strict):
 class AssistantMessage(_Strict):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[TM.ToolCall] | None = Field(None, exclude_if=lambda v: v is None)  # only when made
 
 
 class ChatChoice(_Strict):
@@ -424,6 +490,7 @@ class ChatCompletionResponse(_Strict):
 class DeltaMessage(_Strict):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[TM.DeltaToolCall] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatStreamChoice(_Strict):

@@ -10,11 +10,15 @@ from amd_llama4.config import Llama4Config, QuantConfig, load_config
 
 
 def meta_model(cfg: Llama4Config, dtype: torch.dtype, quantization: str | None = None, fmt: str | None = None):
-    """The model on the meta device, with FP8 modules where a checkpoint's quantization_config or
-    quantization='fp8' puts them."""
+    """The model on the meta device, with FP8 (int4) modules where a checkpoint's quantization_config or
+    quantization='fp8' ('int4') puts them."""
     from amd_llama4.model.loader import build_model
     from amd_llama4.quant.fp8 import fp8_skeleton, parse_quantization_config, resolve_format
+    from amd_llama4.model.loader_int4 import int4_meta_model
+    from amd_llama4.quant.int4 import is_int4_config
 
+    if is_int4_config(cfg.quantization_config) or quantization == "int4":  # an int4 checkpoint, or online int4
+        return int4_meta_model(cfg, dtype)
     pre = parse_quantization_config(cfg.quantization_config)
     model = build_model(cfg, dtype, "meta", pre)
     if pre is None and quantization == "fp8":

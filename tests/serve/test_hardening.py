@@ -89,7 +89,7 @@ BAD_REQUESTS = [
     (CHAT, {"messages": USER, "top_logprobs": 2}, "top_logprobs"),
     (CHAT, {"messages": USER, "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
     (CHAT, {"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
+    (CHAT, {"messages": USER, "response_format": {"type": "xml"}}, "response_format"),
     (CHAT, {"messages": USER, "max_completion_tokens": 0}, "max_completion_tokens"),
     (CHAT, {"messages": USER, "max_tokens": 10**9}, "max_tokens"),
     (CHAT, {"messages": USER, "temperature": "hot"}, "temperature"),

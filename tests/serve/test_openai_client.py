@@ -68,6 +68,24 @@ def test_chat_stream_with_usage(server):
     assert chunks[-1].usage.completion_tokens == 7 and chunks[-1].choices == []
 
 
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_continuous_usage_stats(server, route):
+    """vLLM's stream_options.continuous_usage_stats (guidellm always sends it): every chunk carries
+    the usage so far, never decreasing, the last one the final count."""
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    if route == "chat":
+        stream = _client(server).chat.completions.create(
+            model="fake-llama4", messages=[{"role": "user", "content": "hello"}], max_tokens=6, stream=True,
+            stream_options=opts)
+    else:
+        stream = _client(server).completions.create(model="fake-llama4", prompt="x", max_tokens=6, stream=True,
+                                                    stream_options=opts)
+    chunks = list(stream)
+    counts = [c.usage.completion_tokens for c in chunks]
+    assert all(c.usage is not None for c in chunks) and counts == sorted(counts)
+    assert counts[-1] == 6 and chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + 6
+
+
 def test_client_errors_map_to_openai_exceptions(server):
     with pytest.raises(openai.BadRequestError) as e:
         _client(server).completions.create(model="fake-llama4", prompt="x", temperature=5)

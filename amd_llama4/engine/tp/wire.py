@@ -100,9 +100,12 @@ class StepEncoder:
 
 
 class StepMirror:
-    """Worker side: the block tables and sampling states of every live sequence."""
+    """Worker side: the block tables and sampling states of every live sequence. structured: what
+    builds a constrained sequence's grammar matcher on the sampling rank (structured.backend.LazyBackend;
+    None: this rank does not sample)."""
 
-    def __init__(self) -> None:
+    def __init__(self, structured=None) -> None:
+        self.structured = structured
         self.blocks: dict[int, SeqBlocks] = {}
         self.sampling: dict[int, SamplingState] = {}
         self.images: dict[int, MMRequest] = {}  # live sequences with images
@@ -121,7 +124,9 @@ class StepMirror:
                 self.images[r.key] = r.images
                 self.encoder_cache.acquire(r.images.hashes)
             self.blocks[r.key] = SeqBlocks()
-            st = self.sampling[r.key] = SamplingState(r.params, r.prompt_token_ids, r.eos_token_ids)
+            so = r.params.structured_outputs
+            matcher = self.structured.matcher(so) if so is not None and self.structured is not None else None
+            st = self.sampling[r.key] = SamplingState(r.params, r.prompt_token_ids, r.eos_token_ids, matcher=matcher)
             for t in r.output_token_ids:
                 st.append(t)
         items, rows, states = [], [], []

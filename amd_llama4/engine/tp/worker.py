@@ -37,8 +37,8 @@ class Worker:
         self.rank, self.par = rank, Parallel(rank, world, args.expert_parallel)
         self.dtype = parse_dtype(args.dtype)
         self.model = load_model(args.model, dtype=self.dtype, device=self.device, quantization=args.quantization,
-                                parallel=self.par, progress=False)
-        self.mirror, self.sampler = StepMirror(), Sampler()
+                                parallel=self.par, progress=False, cpu_offload_experts=args.cpu_offload_experts)
+        self.mirror, self.sampler = StepMirror(self._structured() if rank == 0 else None), Sampler()
         self.runner = None  # init_cache, once the driver has sized the KV pools
         # images: "weights" = this rank encodes every image of a step; "data" = its share, then one all_gather
         self.encode = None
@@ -46,6 +46,20 @@ class Worker:
             from amd_llama4.engine.mm_encoder_dp import DataParallelEncoder
 
             self.encode = DataParallelEncoder(rank, world)
+
+    def _structured(self):
+        """Rank 0 samples: it builds grammar matchers (structured outputs) from the engine's tokenizer,
+        loaded on the first constrained request."""
+        from amd_llama4.structured.backend import LazyBackend
+
+        def load():
+            from amd_llama4.engine.llm_engine import LLMEngine
+
+            tok = LLMEngine._load_tokenizer(self.args.tokenizer or self.args.model)
+            eos = tok.eos_token_ids if tok is not None else self.model.config.eos_token_ids
+            return tok, eos
+
+        return LazyBackend(load)
 
     def ready(self) -> int:
         return self.rank

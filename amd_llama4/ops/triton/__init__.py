@@ -62,5 +62,20 @@ register("attention", "triton", supports=_attn_ok)(attention)
 register("paged_attention_decode", "triton", supports=_paged_ok)(paged_attention_decode)
 register("paged_attention", "triton", supports=_paged_ok)(paged_attention)
 
+
+def _int4_ok(x, *args, **_):  # bf16/fp16 activations on the GPU (any float under the interpreter)
+    from amd_llama4.ops.triton.common import interpreting
+
+    ts = [x, *(a for a in args if isinstance(a, torch.Tensor))]
+    ok = FLOAT_DTYPES if interpreting() else (torch.bfloat16, torch.float16)
+    return on_usable_device(*ts) and x.dtype in ok
+
+
+from amd_llama4.ops import int4 as _int4_ref  # noqa: E402,F401  (registers the torch references)
+from amd_llama4.ops.triton import int4 as _int4  # noqa: E402
+
+register("int4_linear", "triton", supports=_int4_ok)(_int4.int4_linear)
+register("fused_moe_int4", "triton", supports=_int4_ok)(_int4.fused_moe_int4)
+
 __all__ = ["attention", "paged_attention", "paged_attention_decode", "fp8_gemm", "fused_moe", "fused_moe_fp8", "moe_align_block_size",
            "moe_topk_sigmoid", "quantize_fp8_rows"]

@@ -105,6 +105,35 @@ def variants(arch: str) -> list[Variant]:
         po_ptr="*fp32:16", pm_ptr="*fp32:16", pl_ptr="*fp32:16", o_ptr="*bf16:16", num_splits="i32",
         stride_pob="i32:16", stride_poh="i32:16", stride_pos="i32:16", stride_pmb="i32", stride_pmh="i32",
         stride_ob="i32:16", stride_oh="i32:16", SPLITS=16, HEAD_D=HEAD_D)))
+    out += _int4_variants()
+    return out
+
+
+def _int4_variants() -> list[Variant]:
+    """w4a16 GEMM and MoE (ops/triton/int4.py) at the launcher's fixed tiles: decode (16 rows) and
+    prefill (64), group 128 and 32 (BLOCK_K 32), symmetric and with zero points."""
+    from amd_llama4.ops.triton import int4 as launcher
+    from amd_llama4.ops.triton.kernels import int4_gemm, int4_moe
+
+    out = []
+    for rows, g, zp in ((1, 128, False), (128, 128, True), (1, 32, True)):
+        t = launcher.tiles_for(rows, g)
+        out.append(Variant(f"int4_gemm[m{t.BLOCK_M},g{g}{',zp' if zp else ''}]", int4_gemm.int4_gemm_kernel, dict(
+            a_ptr="*bf16:16", q_ptr="*u8:16", s_ptr="*bf16:16", z_ptr="*u8:16", c_ptr="*bf16:16", M="i32",
+            N="i32:16", K="i32:16", group_size="i32:16", stride_am="i32:16", stride_ak=1, stride_qn="i32:16",
+            stride_qk=1, stride_sn="i32", stride_sg=1, stride_cm="i32:16", stride_cn=1,
+            HAS_ZERO=zp, DOT_F32=False, **t.meta()), dot=True))
+    for rows, gated, zp in ((1, True, False), (1, False, False), (128, True, True)):
+        t = launcher.tiles_for(rows, 128)
+        name = f"int4_moe[{'gate_up' if gated else 'down'},m{t.BLOCK_M}{',zp' if zp else ''}]"
+        out.append(Variant(name, int4_moe.int4_moe_kernel, dict(
+            a_ptr="*bf16:16", q_ptr="*u8:16", s_ptr="*bf16:16", z_ptr="*u8:16",
+            c_ptr="*bf16:16" if gated else "*fp32:16",
+            topk_w_ptr="*fp32:16", sorted_ids_ptr="*i32:16", expert_ids_ptr="*i32:16", num_rows="i32", N="i32:16",
+            K="i32:16", group_size="i32:16", a_row_div="i32" if gated else 1, max_padded="i32:16",
+            total_ptr="*i32:16", stride_am="i32:16", stride_ak=1, stride_qe="i32:16", stride_qn="i32:16",
+            stride_qk=1, stride_se="i32", stride_sn="i32", stride_sg=1, stride_cm="i32:16", stride_cn=1,
+            GATED=gated, MUL_WEIGHT=gated, HAS_ZERO=zp, DOT_F32=False, **t.meta()), dot=True))
     return out
 
 

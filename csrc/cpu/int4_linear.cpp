@@ -1,0 +1,314 @@
+// int4 weight-only linear on CPU: out[M, N] = x[M, K] @ dequant(W)[N, K]^T. Built for the decode
+// step, where the product is a weight stream and int4 reads a quarter of bf16's bytes: the packed
+// nibbles are dequantised in registers, never written out. AVX-512: per group and weight row one
+// 16-float table (q - z) * s, and vpermps turns 16 nibbles into 16 dequantised weights exactly as
+// the reference computes them (one rounding). AVX2: (float(q) - z) * s. Portable: a scalar table.
+// A tile of NB weight rows x MB activation rows keeps MB*NB vector accumulators, fp32 throughout.
+// Prefill-sized inputs (more than a few rows) are dequantised here and multiplied by torch's BLAS
+// (amd_llama4/ops/native.py): there the arithmetic, not the weight stream, dominates.
+#include <algorithm>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_ops.h"
+#include "int4_kernel.h"
+#include "int4_ops.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define AL4_INT4_X86 1
+#define AL4_V4 __attribute__((target("arch=x86-64-v4")))
+#define AL4_V3 __attribute__((target("arch=x86-64-v3")))
+#endif
+
+namespace al4::cpu {
+
+namespace {
+
+constexpr int NB = int(kInt4NB);
+
+// ---------------------------------------------------------------- AVX-512
+
+#ifdef AL4_INT4_X86
+// Groups [g0, g1) of the K loop; `add`: accumulate into y (a later K chunk) instead of storing.
+template <int MB>
+AL4_V4 inline void tile_v4(const Int4W& w, const float* xp, int64_t ldx, float* y, int64_t ldy, int64_t n,
+                           int64_t n1, int64_t g0, int64_t g1, bool add) {
+  const int64_t KB = w.K / 2, NG = w.K / w.G, BPG = w.G / 32;
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t row[NB];
+  const uint8_t* q[NB];
+  for (int j = 0; j < NB; ++j) {
+    row[j] = std::min<int64_t>(n + j, n1 - 1);  // past the end: a valid row whose output is dropped
+    q[j] = w.q + row[j] * KB;
+  }
+  __m512 acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t g = g0; g < g1; ++g) {
+    __m512 tab[NB];
+    for (int j = 0; j < NB; ++j) {
+      const int64_t si = row[j] * NG + g;
+      tab[j] = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(int4_zero(w, si))), _mm512_set1_ps(int4_scale(w, si)));
+    }
+    for (int64_t b = g * BPG; b < (g + 1) * BPG; ++b) {
+      __m512 wl[NB], wh[NB];
+      for (int j = 0; j < NB; ++j) {
+        const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q[j] + b * 16)));
+        wl[j] = _mm512_permutexvar_ps(d, tab[j]);  // vpermps reads the low 4 bits of each index
+        wh[j] = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), tab[j]);
+      }
+      for (int i = 0; i < MB; ++i) {
+        const __m512 xe = _mm512_loadu_ps(xp + i * ldx + b * 32), xo = _mm512_loadu_ps(xp + i * ldx + b * 32 + 16);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(xo, wh[j], _mm512_fmadd_ps(xe, wl[j], acc[i][j]));
+      }
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j)
+      if (n + j < n1) y[i * ldy + n + j] = _mm512_reduce_add_ps(acc[i][j]) + (add ? y[i * ldy + n + j] : 0.0f);
+}
+
+AL4_V4 void rows_v4(const Int4W& w, const float* xp, int64_t M, int64_t ldx, float* y, int64_t ldy, int64_t n0,
+                    int64_t n1) {
+  // The weight tile stays in L1 across the row blocks. (Chunking K so that x stays in L1 instead
+  // measured slower at 8-16 rows: the weights are then streamed once per row block.)
+  const int64_t NG = w.K / w.G;
+  for (int64_t n = n0; n < n1; n += NB) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) tile_v4<4>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1, 0, NG, false);
+    for (; m + 2 <= M; m += 2) tile_v4<2>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1, 0, NG, false);
+    for (; m < M; ++m) tile_v4<1>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1, 0, NG, false);
+  }
+}
+
+// Dequantise weight rows [r0, r1) into out [N, K] fp32 or bf16 (round to nearest even; the values
+// are finite). vpermps table lookups as in tile_v4, then the low / high nibble results interleaved.
+AL4_V4 void dequant_rows_v4(const Int4W& w, int64_t r0, int64_t r1, void* out, bool bf16) {
+  const int64_t KB = w.K / 2, NG = w.K / w.G, BPG = w.G / 32;
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t n = r0; n < r1; ++n) {
+    for (int64_t g = 0; g < NG; ++g) {
+      const int64_t si = n * NG + g;
+      const __m512 tab = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(int4_zero(w, si))),
+                                       _mm512_set1_ps(int4_scale(w, si)));
+      for (int64_t b = g * BPG; b < (g + 1) * BPG; ++b) {
+        const auto* src = reinterpret_cast<const __m128i*>(w.q + n * KB + b * 16);
+        const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(src));
+        const __m512 lo = _mm512_permutexvar_ps(d, tab), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), tab);
+        const __m512 v0 = _mm512_permutex2var_ps(lo, lo_idx, hi), v1 = _mm512_permutex2var_ps(lo, hi_idx, hi);
+        const int64_t o = n * w.K + b * 32;
+        if (!bf16) {
+          _mm512_storeu_ps(static_cast<float*>(out) + o, v0);
+          _mm512_storeu_ps(static_cast<float*>(out) + o + 16, v1);
+        } else {
+          for (int h = 0; h < 2; ++h) {
+            const __m512i u = _mm512_castps_si512(h ? v1 : v0);
+            const __m512i r = _mm512_srli_epi32(
+                _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)))),
+                16);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + o + 16 * h),
+                                _mm512_cvtepi32_epi16(r));
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX2
+
+template <int MB>
+AL4_V3 inline void tile_v3(const Int4W& w, const float* xp, int64_t ldx, float* y, int64_t ldy, int64_t n,
+                           int64_t n1) {
+  constexpr int NB3 = 2;  // 16 ymm registers
+  const int64_t KB = w.K / 2, NG = w.K / w.G, BPG = w.G / 32;
+  const __m256i lo4 = _mm256_set1_epi32(15);
+  for (int64_t nn = n; nn < std::min(n + NB, n1); nn += NB3) {
+    int64_t row[NB3];
+    const uint8_t* q[NB3];
+    for (int j = 0; j < NB3; ++j) {
+      row[j] = std::min<int64_t>(nn + j, n1 - 1);
+      q[j] = w.q + row[j] * KB;
+    }
+    __m256 acc[MB][NB3];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB3; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < NG; ++g) {
+      __m256i zi[NB3];
+      __m256 sv[NB3];
+      for (int j = 0; j < NB3; ++j) {
+        const int64_t si = row[j] * NG + g;
+        zi[j] = _mm256_set1_epi32(int(int4_zero(w, si)));
+        sv[j] = _mm256_set1_ps(int4_scale(w, si));
+      }
+      for (int64_t b = g * BPG; b < (g + 1) * BPG; ++b)
+        for (int h = 0; h < 2; ++h) {  // bytes 8h..8h+7: columns 8h.. (low nibbles) and 16+8h.. (high)
+          __m256 wl[NB3], wh[NB3];
+          for (int j = 0; j < NB3; ++j) {
+            const __m256i d =
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q[j] + b * 16 + h * 8)));
+            wl[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(d, lo4), zi[j])), sv[j]);
+            wh[j] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(d, 4), zi[j])), sv[j]);
+          }
+          for (int i = 0; i < MB; ++i) {
+            const float* xb = xp + i * ldx + b * 32 + h * 8;
+            const __m256 xe = _mm256_loadu_ps(xb), xo = _mm256_loadu_ps(xb + 16);
+            for (int j = 0; j < NB3; ++j)
+              acc[i][j] = _mm256_fmadd_ps(xo, wh[j], _mm256_fmadd_ps(xe, wl[j], acc[i][j]));
+          }
+        }
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB3; ++j)
+        if (nn + j < n1) {
+          const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]), _mm256_extractf128_ps(acc[i][j], 1));
+          const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+          y[i * ldy + nn + j] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        }
+  }
+}
+
+AL4_V3 void rows_v3(const Int4W& w, const float* xp, int64_t M, int64_t ldx, float* y, int64_t ldy, int64_t n0,
+                    int64_t n1) {
+  for (int64_t n = n0; n < n1; n += NB) {
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) tile_v3<2>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1);
+    for (; m < M; ++m) tile_v3<1>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1);
+  }
+}
+#endif  // AL4_INT4_X86
+
+// ---------------------------------------------------------------- portable
+
+void rows_base(const Int4W& w, const float* xp, int64_t M, int64_t ldx, float* y, int64_t ldy, int64_t n0,
+               int64_t n1) {
+  const int64_t KB = w.K / 2, NG = w.K / w.G, BPG = w.G / 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* q = w.q + n * KB;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = xp + m * ldx;
+      float acc = 0.0f;
+      for (int64_t g = 0; g < NG; ++g) {
+        float tab[16];
+        const float s = int4_scale(w, n * NG + g), z = int4_zero(w, n * NG + g);
+        for (int t = 0; t < 16; ++t) tab[t] = (float(t) - z) * s;
+        for (int64_t b = g * BPG; b < (g + 1) * BPG; ++b)
+          for (int t = 0; t < 16; ++t) {
+            const uint8_t v = q[b * 16 + t];
+            acc += x[b * 32 + t] * tab[v & 15] + x[b * 32 + 16 + t] * tab[v >> 4];
+          }
+      }
+      y[m * ldy + n] = acc;
+    }
+  }
+}
+
+// Rows of x per int4 decode: above, the launcher sends the product to dequantise + BLAS.
+Int4W weight_of(const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G, int64_t e = -1) {
+  Int4W w;
+  const int64_t N = q.size(-2), K = q.size(-1) * 2, NG = K / G;
+  const int64_t off = e < 0 ? 0 : e;
+  w.q = q.data<uint8_t>() + off * N * (K / 2);
+  w.sdt = s.dtype;
+  w.s = reinterpret_cast<const char*>(s.ptr) + off * N * NG * (s.dtype == kF32 ? 4 : 2);
+  w.z = z ? z->data<uint8_t>() + off * N * NG : nullptr;
+  w.N = N, w.K = K, w.G = G;
+  return w;
+}
+
+}  // namespace
+
+Int4RowsFn int4_rows_fn() {
+#ifdef AL4_INT4_X86
+  const int level = cpu_isa_level();
+  if (level >= 4) return rows_v4;
+  if (level >= 3) return rows_v3;
+#endif
+  return rows_base;
+}
+
+const char* int4_isa() {
+  static const Int4RowsFn fn = int4_rows_fn();
+#ifdef AL4_INT4_X86
+  if (fn == rows_v4) return "avx512";
+  if (fn == rows_v3) return "avx2";
+#endif
+  return fn == rows_base ? "portable" : "?";
+}
+
+Int4W int4_weight(const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G, int64_t e) {
+  return weight_of(q, s, z, G, e);
+}
+
+void int4_linear(const TensorRef& x, const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G,
+                 const TensorRef& out) {
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  const Int4W w = weight_of(q, s, z, G);
+  std::vector<float> xp(size_t(M * K)), yf;
+  float* y = nullptr;
+  dispatch_act(x, "int4_linear", [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t m = 0; m < M; ++m) int4_permute_row(x.data<T>() + m * K, K, xp.data() + m * K);
+    if constexpr (std::is_same_v<T, float>) {
+      y = out.data<float>();
+    } else {
+      yf.resize(size_t(M * N));
+      y = yf.data();
+    }
+  });
+  static const Int4RowsFn rows = int4_rows_fn();
+  const int64_t tiles = ceil_div(N, kInt4NB);
+  const int64_t threads = int64_t(omp_get_max_threads());
+  const int64_t chunks = N * K * std::max<int64_t>(M, 4) > (1 << 16) ? std::min(tiles, threads) : 1;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
+    if (t0 < t1) rows(w, xp.data(), M, K, y, N, t0 * kInt4NB, std::min(N, t1 * kInt4NB));
+  }
+  if (x.dtype == kBF16) {
+    bf16_t* o = out.data<bf16_t>();
+    for (int64_t i = 0; i < M * N; ++i) store_f32(o, i, yf[size_t(i)]);
+  }
+}
+
+void int4_dequantize(const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G, const TensorRef& out) {
+  const int64_t N = q.size(0), K = q.size(1) * 2, NG = K / G;
+  const Int4W w = weight_of(q, s, z, G);
+  const bool par = N * K > (1 << 16);
+#ifdef AL4_INT4_X86
+  if (cpu_isa_level() >= 4) {
+    const int64_t threads = par ? int64_t(omp_get_max_threads()) : 1;
+#pragma omp parallel for schedule(static) if (threads > 1)
+    for (int64_t c = 0; c < threads; ++c)
+      dequant_rows_v4(w, N * c / threads, N * (c + 1) / threads, reinterpret_cast<void*>(out.ptr), out.dtype == kBF16);
+    return;
+  }
+#endif
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t g = 0; g < NG; ++g) {
+      float tab[16];
+      const float sc = int4_scale(w, n * NG + g), zz = int4_zero(w, n * NG + g);
+      for (int t = 0; t < 16; ++t) tab[t] = (float(t) - zz) * sc;
+      const uint8_t* qb = w.q + n * (K / 2) + g * (G / 2);
+      const int64_t o = n * K + g * G;
+      if (out.dtype == kF32) {
+        float* d = out.data<float>() + o;
+        for (int64_t j = 0; j < G / 2; ++j) d[2 * j] = tab[qb[j] & 15], d[2 * j + 1] = tab[qb[j] >> 4];
+      } else {
+        bf16_t* d = out.data<bf16_t>() + o;
+        for (int64_t j = 0; j < G / 2; ++j) {
+          store_f32(d, 2 * j, tab[qb[j] & 15]);
+          store_f32(d, 2 * j + 1, tab[qb[j] >> 4]);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace al4::cpu

@@ -1,0 +1,110 @@
+"""int4 w4a16 kernels on CPU: the native int4 linear against the bf16 F.linear (and the native bf16
+linear) at decode row counts, and the native int4 fused MoE against the bf16 native fused MoE.
+
+  python perf/bench_int4.py [--rows 1,4,8,32 --shapes 4096x4096,5120x1024 --group-size 128 --stat min]
+
+Weights are cycled through a pool larger than the last-level cache (a decode step streams every
+layer's weights from DRAM). Prints the median time per call and `bf16/int4` (> 1: int4 faster);
+the goal at 1 row on 4096 x 4096-class shapes is >= 2x (int4 moves a quarter of bf16's bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from amd_llama4.ops import int4 as I
+from amd_llama4.ops import native
+
+
+STAT = statistics.median  # --stat min: the best call, for a machine shared with other work
+
+
+def cold_timer(fn, args_pool: list[tuple], iters: int) -> float:
+    """Seconds per call (median or min) over `iters` calls, each on the next argument tuple of the pool."""
+    for a in args_pool[:2]:
+        fn(*a)
+    ts = []
+    for i in range(iters):
+        a = args_pool[i % len(args_pool)]
+        t0 = time.perf_counter()
+        fn(*a)
+        ts.append(time.perf_counter() - t0)
+    return STAT(ts)
+
+
+def bench_linear(a, g) -> list[dict]:
+    out = []
+    for shape in a.shapes.split(","):
+        K, N = (int(v) for v in shape.split("x"))
+        n_pool = max(2, a.pool_mb * 2**20 // (2 * N * K))  # sized by the bf16 weights
+        dense = [(torch.randn(N, K, generator=g) * K ** -0.5).bfloat16() for _ in range(n_pool)]
+        quant = [I.quantize_int4(w, a.group_size, not a.zero_point) for w in dense]
+        for M in (int(r) for r in a.rows.split(",")):
+            x = torch.randn(M, K, generator=g).bfloat16()
+            torch.testing.assert_close(I.int4_linear(x, *quant[0], a.group_size, backend="native").float(),
+                                       I.int4_linear(x, *quant[0], a.group_size, backend="torch").float(),
+                                       rtol=2e-2, atol=2e-2)
+            t4 = cold_timer(lambda q: I.int4_linear(x, *q, a.group_size, backend="native"), [(q,) for q in quant],
+                            a.iters)
+            tb = cold_timer(lambda w: F.linear(x, w), [(w,) for w in dense], a.iters)
+            tn = cold_timer(lambda w: native.linear(x, w), [(w,) for w in dense], a.iters)
+            r = {"rows": M, "K": K, "N": N, "int4_ms": t4 * 1e3, "bf16_torch_ms": tb * 1e3,
+                 "bf16_native_ms": tn * 1e3, "ratio": tb / t4, "ratio_native": tn / t4,
+                 "int4_GBps": (N * K / 2 + N * K // a.group_size * 2) / t4 / 1e9}
+            out.append(r)
+            print(f"linear rows {M:3d} K {K:5d} N {N:5d}: int4 {r['int4_ms']:7.3f} ms ({r['int4_GBps']:5.1f} GB/s) | "
+                  f"bf16 F.linear {r['bf16_torch_ms']:7.3f} ms | bf16 native {r['bf16_native_ms']:7.3f} ms | "
+                  f"bf16/int4 {r['ratio']:.2f} (native bf16/int4 {r['ratio_native']:.2f})")
+    return out
+
+
+def bench_moe(a, g) -> list[dict]:
+    E, H, inter = (int(v) for v in a.moe.split("x"))
+    w13 = (torch.randn(E, 2 * inter, H, generator=g) * H ** -0.5).bfloat16()
+    w2 = (torch.randn(E, H, inter, generator=g) * inter ** -0.5).bfloat16()
+    q13 = I.quantize_int4(w13, a.group_size, not a.zero_point)
+    q2 = I.quantize_int4(w2, a.group_size, not a.zero_point)
+    gate_up, down = w13.transpose(1, 2).contiguous(), w2.transpose(1, 2).contiguous()  # the bf16 op's layout
+    out = []
+    for T in (int(r) for r in a.moe_tokens.split(",")):
+        x = torch.randn(T, H, generator=g).bfloat16()
+        pools = [(torch.rand(T, 1, generator=g), torch.randint(0, E, (T, 1), generator=g).int()) for _ in range(8)]
+        t4 = cold_timer(lambda tw, ids: I.fused_moe_int4(x, *q13, *q2, tw, ids, a.group_size, backend="native"),
+                        pools, a.iters)
+        tb = cold_timer(lambda tw, ids: native.fused_moe(x, gate_up, down, tw, ids), pools, a.iters)
+        r = {"tokens": T, "E": E, "H": H, "I": inter, "int4_ms": t4 * 1e3, "bf16_ms": tb * 1e3, "ratio": tb / t4}
+        out.append(r)
+        print(f"moe tokens {T:3d} E {E} H {H} I {inter} top-1: int4 {r['int4_ms']:7.3f} ms | "
+              f"bf16 native {r['bf16_ms']:7.3f} ms | bf16/int4 {r['ratio']:.2f}")
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="1,4,8,32")
+    ap.add_argument("--shapes", default="4096x4096,5120x1024", help="K x N list")
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--zero-point", action="store_true")
+    ap.add_argument("--moe", default="16x1024x512", help="E x H x I of the MoE benchmark")
+    ap.add_argument("--moe-tokens", default="1,8,32")
+    ap.add_argument("--pool-mb", type=int, default=128, help="bf16 weight bytes cycled through")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--stat", choices=("median", "min"), default="median")
+    a = ap.parse_args(argv)
+    global STAT
+    STAT = min if a.stat == "min" else statistics.median
+    if not native.available() or not hasattr(native._C, "int4_linear"):
+        raise SystemExit("amd_llama4._C is not built with the int4 kernels: pip install -e . (see docs/native.md)")
+    info = native.build_info()
+    print(f"cpu_isa={info['cpu_isa']} int4_isa={native._C.int4_isa()} threads={info['openmp_threads']} "
+          f"torch_threads={torch.get_num_threads()} group_size={a.group_size} zero_point={a.zero_point} stat={a.stat}")
+    g = torch.Generator().manual_seed(0)
+    return {"linear": bench_linear(a, g), "moe": bench_moe(a, g)}
+
+
+if __name__ == "__main__":
+    main()
