@@ -91,8 +91,8 @@ def _moe_inputs(T, H, E, inter, k, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# fp32 with <= 16 rows per expert streams weight rows (K split across tasks for (40, 1030, ...); K
-# and column tails for H=130); more rows, and bf16 always, pack panels.
+# fp32 and bf16 with <= 16 rows per expert stream weight rows (K split across tasks for (40, 1030, ...);
+# K and column tails for H=130); more rows pack panels.
 @pytest.mark.parametrize("T,H,E,inter,k", [(1, 64, 3, 32, 1), (7, 200, 16, 72, 2), (16, 96, 16, 64, 1),
                                            (6, 130, 3, 100, 2), (129, 100, 8, 136, 1), (129, 72, 128, 40, 2),
                                            (40, 1030, 4, 520, 1),
@@ -122,23 +122,28 @@ def test_fused_moe_mixed_expert_loads():
     assert native.fused_moe(x[:0], w1, w2, tw[:0], ids[:0]).shape == (0, H)
 
 
-def test_fused_moe_portable_isa(monkeypatch):
-    """The baseline (non-AVX) kernel path gives the same results: run it in a subprocess."""
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_fused_moe_other_isas(isa):
+    """The AVX2 and baseline (non-AVX) kernel paths give the same results: run each in a subprocess.
+    fp32 and bf16 decode rows (streamed weights), then 64 rows on 2 experts (packed panels)."""
     import subprocess
     import sys
 
     code = ("import torch; from amd_llama4 import ops; from amd_llama4.ops import native as N;"
-            "assert N.build_info()['cpu_isa'] == 'base';"
+            f"assert N.build_info()['cpu_isa'] in ({isa!r}, 'base');"
             "g = torch.Generator().manual_seed(0); x = torch.randn(7, 100, generator=g);"
             "w1 = torch.randn(5, 100, 80, generator=g) / 10; w2 = torch.randn(5, 40, 100, generator=g) / 7;"
             "tw, ids = ops.moe_topk_sigmoid(torch.randn(7, 5, generator=g), 2, backend='torch');"
             "torch.testing.assert_close(N.fused_moe(x, w1, w2, tw, ids),"
             " ops.fused_moe(x, w1, w2, tw, ids, backend='torch'), rtol=1e-4, atol=1e-4);"
+            "b = lambda t: t.bfloat16();"
+            "torch.testing.assert_close(N.fused_moe(b(x), b(w1), b(w2), tw, ids),"
+            " ops.fused_moe(b(x), b(w1), b(w2), tw, ids, backend='torch'), rtol=2e-2, atol=2e-2);"
             # 64 rows on 2 experts: the packed path
             "x = torch.randn(64, 100, generator=g); tw, ids = ops.moe_topk_sigmoid(torch.randn(64, 2, generator=g), 1);"
             "torch.testing.assert_close(N.fused_moe(x, w1[:2], w2[:2], tw, ids),"
             " ops.fused_moe(x, w1[:2], w2[:2], tw, ids, backend='torch'), rtol=1e-4, atol=1e-4)")
-    env = {**__import__("os").environ, "AMD_LLAMA4_CPU_ISA": "base"}
+    env = {**__import__("os").environ, "AMD_LLAMA4_CPU_ISA": isa}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
