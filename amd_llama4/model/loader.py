@@ -230,10 +230,10 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
         cfg = source.config
         if q is not None and q.method == "int4" and source.has_type("Q4_0"):  # kept bit for bit: gguf/int4.py
             from amd_llama4.model.loader_int4 import load_gguf_int4
-            from amd_llama4.model.offload import offload_experts, parse_offload
+            from amd_llama4.model.offload import parse_offload
 
-            model = load_gguf_int4(source, resolve_dtype(dtype, device, cfg), device, parallel, progress)
-            return offload_experts(model, parse_offload(cpu_offload_experts, cfg))  # moved after the load
+            return load_gguf_int4(source, resolve_dtype(dtype, device, cfg), device, parallel, progress,
+                                  parse_offload(cpu_offload_experts, cfg))
     elif not os.path.isdir(p):
         raise FileNotFoundError(f"{p!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
     else:
@@ -249,12 +249,10 @@ def load_model(path_or_preset: str | os.PathLike, *, dtype: str | torch.dtype = 
         if pre is not None or (q is not None and q.method != "int4"):
             raise ValueError(f"{p}: quantization={q.method!r} on a pre-quantised "
                              f"{'FP8' if pre is not None else 'int4'} checkpoint is not supported")
-        model = load_int4(cfg, source, q, resolve_dtype(dtype, device, cfg), device, parallel, p, progress)
-        # experts for --cpu-offload-experts move to the host after the load here (load_int4 has no
-        # skeleton hook yet: model/offload.py's offload_skeleton would keep them off the device entirely)
-        from amd_llama4.model.offload import offload_experts, parse_offload
+        from amd_llama4.model.offload import parse_offload
 
-        return offload_experts(model, parse_offload(cpu_offload_experts, cfg))
+        return load_int4(cfg, source, q, resolve_dtype(dtype, device, cfg), device, parallel, p, progress,
+                         parse_offload(cpu_offload_experts, cfg))
     if parallel.enabled and ((pre and pre[0].weight_block) or (q and q.weight_block)):
         raise ValueError("block-scaled FP8 with tensor parallelism is not supported yet")
     online = q if pre is None else None

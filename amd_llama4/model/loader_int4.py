@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from amd_llama4.config import QuantConfig
+from amd_llama4.model.offload import offload_skeleton
 from amd_llama4.quant import compressed_tensors, gptq
 from amd_llama4.quant.int4 import (Int4Source, checkpoint_reader, int4_skeleton, int4_targets,
                                    is_int4_config)
@@ -27,7 +28,7 @@ def int4_meta_model(cfg, dtype: torch.dtype, q: QuantConfig | None = None) -> nn
 
 
 def load_int4(cfg, source, q: QuantConfig | None, dtype: torch.dtype, device: torch.device, parallel,
-              label: str, progress: bool) -> nn.Module:
+              label: str, progress: bool, offload: tuple[int, ...] = ()) -> nn.Module:
     """An int4 model on `device` from a pre-quantised int4 checkpoint (cfg.quantization_config; it wins
     over `q`) or, with q.method == 'int4', quantised online from a high-precision source."""
     from amd_llama4.model.loader import _fill, build_model, retie
@@ -43,12 +44,14 @@ def load_int4(cfg, source, q: QuantConfig | None, dtype: torch.dtype, device: to
         reader = None
         plan = {name: kind for name, _, kind in int4_targets(model, q)}
     int4_skeleton(model, q, plan)
+    offload_skeleton(model, offload, device)  # --cpu-offload-experts: those experts never touch `device`
     model = retie(model.to_empty(device=device).eval())
     return _fill(model, Int4Source(source, model, plan, q, reader, device, dtype), device, dtype, None, label,
                  progress)
 
 
-def load_gguf_int4(source, dtype: torch.dtype, device: torch.device, parallel, progress: bool):
+def load_gguf_int4(source, dtype: torch.dtype, device: torch.device, parallel, progress: bool,
+                   offload: tuple[int, ...] = ()):
     """The model of GGUFSource `source` with its Q4_0 linears and experts as int4 modules (exact), the
     rest dequantised to `dtype` (as quant/int4.py's load_int4 does for int4 checkpoints)."""
     from amd_llama4.gguf import names
@@ -65,6 +68,7 @@ def load_gguf_int4(source, dtype: torch.dtype, device: torch.device, parallel, p
         raise GGUFError(f"{source.path}: quantization='int4' keeps Q4_0 tensors as int4, and this file has no "
                         f"Q4_0 linear or expert tensor (load it without quantization to dequantise)")
     int4_skeleton(model, reader.quant_config, plan)
+    offload_skeleton(model, offload, device)
     model = retie(model.to_empty(device=device).eval())
     return _fill(model, Int4Source(source, model, plan, reader.quant_config, reader, device, dtype), device, dtype,
                  None, source.path, progress)

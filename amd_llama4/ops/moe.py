@@ -92,7 +92,7 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
         gate_up = xin[rows] @ w_gate_up[e]  # [n, 2I]
         inter = gate_up.shape[1] // 2
         h = F.silu(gate_up[:, :inter]).mul_(gate_up[:, inter:])
-        torch.mm(h, w_down[e], out=out_sorted[rows])
+        out_sorted[rows] = h @ w_down[e]  # not mm(out=): that refuses weights that require grad
         start += n
     if k == 1:  # each token appears once: a scatter, no accumulation
         return torch.empty_like(x).index_copy_(0, token, out_sorted)
