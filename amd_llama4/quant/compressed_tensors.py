@@ -103,6 +103,8 @@ def pack_rows(z: torch.Tensor) -> torch.Tensor:
 class CTReader:
     """Reads one module's int4 tensors from a CheckpointSource into our layout (see module doc)."""
 
+    PACKED = "weight_packed"  # the packed weight's suffix: which modules the checkpoint holds as int4
+
     def __init__(self, qc: dict, source):
         self.source, self.quant_config = source, parse(qc)
         _little_endian()
@@ -119,14 +121,14 @@ class CTReader:
             if name.startswith(_VISION_PREFIXES):
                 continue
             if (isinstance(mod, torch.nn.Linear) and _LINEAR_NAMES.search("." + name)
-                    and self._has(f"{name}.weight_packed")):
+                    and self._has(f"{name}.{self.PACKED}")):
                 out[name] = "linear"
-            elif type(mod).__name__ == "Experts" and self._has(f"{name}.0.gate_proj.weight_packed"):
+            elif type(mod).__name__ == "Experts" and self._has(f"{name}.0.gate_proj.{self.PACKED}"):
                 out[name] = "experts"
         return out
 
     def where(self, mod: str) -> str:
-        src = self.source._find(f"{mod}.weight_packed") or self.source._find(f"{mod}.0.gate_proj.weight_packed")
+        src = self.source._find(f"{mod}.{self.PACKED}") or self.source._find(f"{mod}.0.gate_proj.{self.PACKED}")
         return self.source.ckpt.tensors[src].file if src else ""
 
     file_of = where
@@ -171,8 +173,8 @@ class CTReader:
 
     def experts(self, mod: str, m) -> dict:
         E, H, inter = m.num_experts, m.hidden, m.inter
-        if self._has(f"{mod}.{E}.gate_proj.weight_packed"):
-            raise CheckpointError(f"{self.source.file_of(f'{mod}.{E}.gate_proj.weight_packed')}: "
+        if self._has(f"{mod}.{E}.gate_proj.{self.PACKED}"):
+            raise CheckpointError(f"{self.source.file_of(f'{mod}.{E}.gate_proj.{self.PACKED}')}: "
                                   f"'{mod}.{E}.gate_proj' is beyond the model's {E} experts")
         parts: dict[str, list] = {k: [] for k in ("w13_q", "w13_s", "w13_z", "w2_q", "w2_s", "w2_z")}
         for e in range(E):  # [gate rows | up rows] stacked per expert, one expert at a time

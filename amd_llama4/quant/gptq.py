@@ -58,35 +58,12 @@ def unpack_cols(packed: torch.Tensor) -> torch.Tensor:
 class GPTQReader(CTReader):
     """Reads one module's GPTQ tensors into our layout; `plan`/`experts` as for compressed-tensors."""
 
+    PACKED = "qweight"
+
     def __init__(self, qc: dict, source):
         self.source = source
         self.quant_config, self.zero_offset = parse(qc)
         self.desc_act = bool(qc.get("desc_act"))
-
-    def plan(self, model) -> dict[str, str]:
-        from amd_llama4.quant.fp8 import _LINEAR_NAMES, _VISION_PREFIXES
-
-        out = {}
-        for name, mod in model.named_modules():
-            if name.startswith(_VISION_PREFIXES):
-                continue
-            if isinstance(mod, torch.nn.Linear) and _LINEAR_NAMES.search("." + name) and self._has(f"{name}.qweight"):
-                out[name] = "linear"
-            elif type(mod).__name__ == "Experts" and self._has(f"{name}.0.gate_proj.qweight"):
-                out[name] = "experts"
-        return out
-
-    def where(self, mod: str) -> str:
-        src = self.source._find(f"{mod}.qweight") or self.source._find(f"{mod}.0.gate_proj.qweight")
-        return self.source.ckpt.tensors[src].file if src else ""
-
-    file_of = where
-
-    def experts(self, mod: str, m) -> dict:
-        if self._has(f"{mod}.{m.num_experts}.gate_proj.qweight"):
-            raise CheckpointError(f"{self.source.file_of(f'{mod}.{m.num_experts}.gate_proj.qweight')}: "
-                                  f"'{mod}.{m.num_experts}.gate_proj' is beyond the model's {m.num_experts} experts")
-        return super().experts(mod, m)
 
     def read(self, base: str, N: int, K: int) -> tuple:
         q = self.quant_config

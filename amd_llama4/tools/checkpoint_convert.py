@@ -108,7 +108,16 @@ def quantization_config(q: QuantConfig, fmt: str) -> dict:
 def write_checkpoint(model, out: str, fmt: str, max_shard_size: str | int = "5GB",
                      dtype: torch.dtype = torch.bfloat16, src: str | None = None, progress: bool = True) -> dict:
     """Write `model` (FP8 modules in format `fmt`) to the new folder `out`. Returns {name: tensor} written."""
-    tensors = checkpoint_tensors(model, dtype)
+    return write_sharded(model, out, checkpoint_tensors(model, dtype), quantization_config(model.quant_config, fmt),
+                         max_shard_size, dtype, src, progress)
+
+
+def write_sharded(model, out: str, tensors: dict[str, torch.Tensor], quant_config: dict,
+                  max_shard_size: str | int = "5GB", dtype: torch.dtype = torch.bfloat16, src: str | None = None,
+                  progress: bool = True) -> dict[str, torch.Tensor]:
+    """`tensors` to the new folder `out` as sharded safetensors with an index (sha256 per shard), the model's
+    config.json with `quant_config` as its quantization_config, and the source's side files (tokenizer, ...).
+    Returns `tensors`."""
     groups = _shards(tensors, parse_size(max_shard_size))
     os.makedirs(out)
     names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
@@ -125,7 +134,7 @@ def write_checkpoint(model, out: str, fmt: str, max_shard_size: str | int = "5GB
     with open(os.path.join(out, INDEX), "w") as f:
         json.dump({"metadata": {"total_size": total, "sha256": digests}, "weight_map": weight_map}, f, indent=2)
     cfg = model.config.to_hf_multimodal_dict() if model.config.is_multimodal else model.config.to_hf_dict()
-    cfg["quantization_config"] = quantization_config(model.quant_config, fmt)
+    cfg["quantization_config"] = quant_config
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
@@ -183,20 +192,33 @@ def convert_checkpoint(src: str, out: str, fmt: str, block: int | None = None, m
     Written to `out`.partial, verified, then renamed, so `out` only ever holds a verified checkpoint."""
     from amd_llama4.model.loader import load_model
 
-    if os.path.exists(out):
-        raise FileExistsError(f"{out}: already exists; refusing to overwrite (remove it or choose another --out)")
-    tmp = out.rstrip("/") + ".partial"
-    if os.path.exists(tmp):
-        raise FileExistsError(f"{tmp}: left over from an interrupted conversion; remove it first")
+    tmp = partial_path(out)
     q = QuantConfig(method="fp8", fp8_format=fmt, weight_block=(block, block) if block else None)
     model = load_model(src, quantization=q, progress=progress, seed=seed)
     have = model.quant_config.weight_block
     if have != q.weight_block:
         raise ValueError(f"{src}: already FP8 with weight_block={have}; converting to block={block} would need "
                          "requantisation (convert from the high-precision checkpoint instead)")
+    return write_verified(tmp, out, lambda folder: write_checkpoint(model, folder, fmt, max_shard_size, dtype, src,
+                                                                     progress))
+
+
+def partial_path(out: str) -> str:
+    """The `.partial` folder a conversion writes before it is verified; refuses an existing `out` or a
+    left-over `.partial` (checked before any model is loaded)."""
+    if os.path.exists(out):
+        raise FileExistsError(f"{out}: already exists; refusing to overwrite (remove it or choose another --out)")
+    tmp = out.rstrip("/") + ".partial"
+    if os.path.exists(tmp):
+        raise FileExistsError(f"{tmp}: left over from an interrupted conversion; remove it first")
+    return tmp
+
+
+def write_verified(tmp: str, out: str, write) -> str:
+    """write(tmp) -> {name: tensor} written; then verify_checkpoint and rename tmp -> out, so `out` only
+    ever holds a verified checkpoint (tmp is removed on any failure)."""
     try:
-        written = write_checkpoint(model, tmp, fmt, max_shard_size, dtype, src, progress)
-        verify_checkpoint(tmp, written)
+        verify_checkpoint(tmp, write(tmp))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 from amd_llama4.serve.tools.calls import ParsedCall, arguments_delta, header_delta
-from amd_llama4.serve.tools.json_calls import JsonFormat
+from amd_llama4.serve.tools.json_calls import JSON_FORMAT
 from amd_llama4.serve.tools.streaming import CallStream
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -75,4 +75,4 @@ class NamedCallStream:
 def required_stream(tool_names: set[str]) -> CallStream:
     """Output of `required`: the JSON array parsed by the JSON call format; anything that does not
     parse (a cut-off array) comes back as content."""
-    return CallStream(JsonFormat(), tool_names)
+    return CallStream(JSON_FORMAT, tool_names)

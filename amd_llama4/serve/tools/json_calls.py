@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from amd_llama4.serve.tools.calls import ParsedCall
-from amd_llama4.serve.tools.streaming import Probe
+from amd_llama4.serve.tools.streaming import CallFormat
 
 _START = re.compile(r"(?:\[\s*)?\{\s*\"")
 _PARTIAL = re.compile(r"\[\s*(?:\{\s*)?|\{\s*")
@@ -45,16 +45,5 @@ def parse_json_calls(text: str) -> list[ParsedCall] | None:
     return calls  # type: ignore[return-value]
 
 
-class JsonFormat:
-    starts = "[{"
-    quotes = '"'
-    triple = False
-    separators = " \t\r\n;"
-
-    def probe(self, text: str) -> Probe:
-        if _START.match(text):
-            return Probe.YES
-        return Probe.MORE if _PARTIAL.fullmatch(text) else Probe.NO
-
-    def parse(self, text: str) -> list[ParsedCall] | None:
-        return parse_json_calls(text)
+JSON_FORMAT = CallFormat(starts="[{", quotes='"', triple=False, separators=" \t\r\n;", start=_START, partial=_PARTIAL,
+                         parse=parse_json_calls)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from amd_llama4.serve.tools.calls import ParsedCall
-from amd_llama4.serve.tools.json_calls import JsonFormat
-from amd_llama4.serve.tools.pythonic import PythonicFormat
+from amd_llama4.serve.tools.json_calls import JSON_FORMAT
+from amd_llama4.serve.tools.pythonic import PYTHONIC_FORMAT
 from amd_llama4.serve.tools.streaming import CallFormat, CallStream, extract
 
 
@@ -25,8 +25,8 @@ class ToolParser:
 
 
 TOOL_PARSERS: dict[str, ToolParser] = {
-    "llama4_pythonic": ToolParser("llama4_pythonic", PythonicFormat()),
-    "llama4_json": ToolParser("llama4_json", JsonFormat()),
+    "llama4_pythonic": ToolParser("llama4_pythonic", PYTHONIC_FORMAT),
+    "llama4_json": ToolParser("llama4_json", JSON_FORMAT),
 }
 
 

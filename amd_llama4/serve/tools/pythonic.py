@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from amd_llama4.serve.tools.calls import ParsedCall
-from amd_llama4.serve.tools.streaming import Probe
+from amd_llama4.serve.tools.streaming import CallFormat
 
 _START = re.compile(r"\[\s*[A-Za-z_][A-Za-z0-9_.]*\s*\(")
 _PARTIAL = re.compile(r"\[\s*(?:[A-Za-z_][A-Za-z0-9_.]*\s*)?")
@@ -88,16 +88,5 @@ def parse_pythonic(text: str) -> list[ParsedCall] | None:
     return calls
 
 
-class PythonicFormat:
-    starts = "["
-    quotes = "'\""
-    triple = True
-    separators = " \t\r\n"
-
-    def probe(self, text: str) -> Probe:
-        if _START.match(text):
-            return Probe.YES
-        return Probe.MORE if _PARTIAL.fullmatch(text) else Probe.NO
-
-    def parse(self, text: str) -> list[ParsedCall] | None:
-        return parse_pythonic(text)
+PYTHONIC_FORMAT = CallFormat(starts="[", quotes="'\"", triple=True, separators=" \t\r\n", start=_START,
+                             partial=_PARTIAL, parse=parse_pythonic)

@@ -11,9 +11,10 @@ Whitespace right before a call and separators right after it (format's `separato
 everything else keeps its place."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Callable
 
 from amd_llama4.serve.tools.calls import ParsedCall, call_deltas
 
@@ -26,14 +27,21 @@ class Probe(Enum):
     YES = 2   # looks like one: hold it until it closes
 
 
-class CallFormat(Protocol):
+@dataclass(frozen=True)
+class CallFormat:
+    """One tool-call text format (pythonic list, JSON objects): how a candidate opens and is parsed."""
     starts: str       # characters that may open a bare candidate ('<' for <|python_start|> is added)
     quotes: str       # string delimiters inside a call
     triple: bool      # Python triple-quoted strings
     separators: str   # dropped after a call (whitespace, ';' between JSON calls)
+    start: re.Pattern  # matches the start of text that looks like a call
+    partial: re.Pattern  # fully matches a prefix that could still become one
+    parse: Callable[[str], list[ParsedCall] | None]  # the whole candidate -> calls, None: not calls
 
-    def probe(self, text: str) -> Probe: ...
-    def parse(self, text: str) -> list[ParsedCall] | None: ...
+    def probe(self, text: str) -> Probe:
+        if self.start.match(text):
+            return Probe.YES
+        return Probe.MORE if self.partial.fullmatch(text) else Probe.NO
 
 
 def probe_python_start(text: str) -> Probe:

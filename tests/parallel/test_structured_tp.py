@@ -1,7 +1,6 @@
 """Structured outputs under tensor parallelism (tp=2, gloo workers in Ray on CPU): rank 0 builds its
 own matchers (it samples) and the driver's matchers end the sequences; the tokens equal tp=1's."""
 import json
-import os
 
 import pytest
 import torch
@@ -12,16 +11,6 @@ from amd_llama4.structured import StructuredOutputsParams as SOP
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 999},
                                            "c": {"enum": ["x", "y", "z"]}},
           "required": ["n", "c"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow
