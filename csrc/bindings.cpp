@@ -18,6 +18,7 @@
 namespace py = pybind11;
 namespace al4::cpu {
 void register_int4_ops(py::module_& m);  // int4_linear, dequantize_int4, fused_moe_int4 (cpu/int4_bindings.cpp)
+void register_decode_step(py::module_& m);  // DecodeStep and its model description (cpu/decode_step_bindings.cpp)
 }
 using al4::TensorRef;
 
@@ -357,6 +358,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale"), py::arg("chunk_size"), py::arg("k_scale").none(true), py::arg("v_scale").none(true),
         py::arg("out"), nogil);
   al4::cpu::register_int4_ops(m);
+  al4::cpu::register_decode_step(m);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK
   al4::ck_backend::register_ops(m);  // ck_fused_moe*: chosen over fused_moe in amd_llama4/ops/native.py

@@ -4,7 +4,9 @@ cache, returns the logits of each sequence's last new token.
 Any mix of items (prefill pieces, decodes) runs as one ragged step: the T new tokens of all
 sequences concatenated (no padding to the longest piece), attention reading the paged cache in place
 through block tables (engine/step_inputs.py). A decode step (one token per item) on a GPU is replayed
-from a HIP/CUDA graph per batch-size bucket unless enforce_eager: the same step with static shapes."""
+from a HIP/CUDA graph per batch-size bucket unless enforce_eager: the same step with static shapes.
+On the CPU, a decode step runs as one native call (engine/cpu_decode.py) unless enforce_eager or the
+model needs the eager step (cpu_decode.unsupported says why)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from amd_llama4.engine.block_manager import SeqBlocks
+from amd_llama4.engine.cpu_decode import CpuDecodeStep
 from amd_llama4.engine.graphs import DecodeGraphs, GraphBackend, TorchCudaGraphs, batch_buckets
 from amd_llama4.engine.kv_cache import KVCache
 from amd_llama4.engine.step_inputs import PagedStepCache, StepInputs, build_step_inputs
@@ -37,9 +40,11 @@ class ModelRunner:
                  max_model_len: int | None = None, max_num_seqs: int = 256, graph_backend: GraphBackend | None = None):
         self.model, self.cache, self.device = model, cache, torch.device(device)
         on_gpu = self.device.type == "cuda"  # ROCm builds of torch name HIP devices "cuda" too
-        self.graphs, self.graph_widths = None, None
+        self.graphs, self.graph_widths, self.native_step = None, None, None
         if not enforce_eager and (on_gpu or graph_backend is not None):
             self.graphs = self._decode_graphs(max_model_len, max_num_seqs, graph_backend or TorchCudaGraphs())
+        elif not enforce_eager and self.device.type == "cpu":
+            self.native_step = CpuDecodeStep.build(model, cache, max_num_seqs)
 
     def _decode_graphs(self, max_model_len, max_num_seqs, backend) -> DecodeGraphs:
         c, bs = self.cache, self.cache.block_size
@@ -106,7 +111,11 @@ class ModelRunner:
             starts = list(range(n))
         else:
             x = self._inputs(items)
-            hidden = self._forward(x.to(self.device), self._embeds(items, x))
+            if self.native_step is not None and x.ids.shape[0] == n <= self.native_step.step.max_rows \
+                    and all(it.images is None for it in items):
+                hidden = self.native_step.run(x)  # CPU decode: one native call
+            else:
+                hidden = self._forward(x.to(self.device), self._embeds(items, x))
             last = x.last if rows is None else x.last[rows]
             starts = x.cu_seqlens.tolist() if full else []  # host inputs: no device sync
         if not full:

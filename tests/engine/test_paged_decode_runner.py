@@ -29,7 +29,7 @@ def _static_scales(model):
 def test_graph_decode_matches_eager(model, kv):
     dtype, scales = ("auto", None) if kv == "auto" else ("fp8", _static_scales(model) if kv == "fp8-static" else None)
     eager_cache, graph_cache = make_cache(model, dtype, scales), make_cache(model, dtype, scales)
-    eager = ModelRunner(model, eager_cache, "cpu")
+    eager = ModelRunner(model, eager_cache, "cpu", True)
     backend = RecordingGraphs()
     graphed = ModelRunner(model, graph_cache, "cpu", max_num_seqs=4, max_model_len=64, graph_backend=backend)
     assert eager.graphs is None and graphed.graphs is not None
@@ -90,7 +90,7 @@ def test_graph_decode_through_the_triton_kernel(model, monkeypatch):
         return real(*args, backend="triton", **kwargs)
 
     eager_cache, graph_cache = make_cache(model), make_cache(model)
-    eager = ModelRunner(model, eager_cache, "cpu")
+    eager = ModelRunner(model, eager_cache, "cpu", True)
     graphed = ModelRunner(model, graph_cache, "cpu", max_num_seqs=4, max_model_len=64, graph_backend=RecordingGraphs())
     ref = drive(model, [(eager, eager_cache)], PROMPTS, 5)[0]
     monkeypatch.setattr(step_inputs, "paged_attention", via_triton)
