@@ -154,6 +154,12 @@ class CpuDecodeStep:
             _ref(text.embed_tokens.weight, "embed_tokens"), _ref(text.norm.weight, "model.norm.weight"),
             _ref(self._keep, "inv_freq"), float(cfg.rms_norm_eps), text.layers[0].self_attn.n_heads,
             text.layers[0].self_attn.n_kv, cfg.head_dim, int(max_rows), layers)
+        self.vocab = None  # the LM head joins the step when it is a plain dense Linear (it is in every
+        try:  # checkpoint we load; a quantised head leaves compute_logits to the model)
+            self.step.set_lm_head(_weight(model.lm_head, "lm_head", dtype))
+            self.vocab = model.lm_head.out_features
+        except Unsupported:
+            pass
 
     @classmethod
     def build(cls, model, cache: KVCache, max_rows: int) -> "CpuDecodeStep | None":
@@ -163,8 +169,9 @@ class CpuDecodeStep:
         except Unsupported:
             return None
 
-    def run(self, x: StepInputs) -> torch.Tensor:
-        """x: host inputs of a decode step (one token per row, no padding rows) -> [R, H]."""
+    def run(self, x: StepInputs, logits: bool = False) -> torch.Tensor:
+        """x: host inputs of a decode step (one token per row, no padding rows) -> final-norm hidden
+        states [R, H], or with `logits` (needs self.vocab) the model's compute_logits of them: fp32 [R, V]."""
         R = x.ids.shape[0]
         if x.batch != R or x.src is not None:
             raise ValueError(f"cpu decode step: {R} tokens in {x.batch} rows is not an unpadded decode step")
@@ -175,5 +182,9 @@ class CpuDecodeStep:
         t.first_pos = [_ref(x.first_pos[k], f"first_pos[{k}]") for k in self.kinds]
         t.slots = [_ref(x.slots[k], f"slots[{k}]") for k in self.kinds]
         out = torch.empty(R, self.hidden, dtype=self.dtype)
-        self.step.run(t, _ref(out, "out"))
-        return out
+        if not logits:
+            self.step.run(t, _ref(out, "out"))
+            return out
+        lg = torch.empty(R, self.vocab, dtype=torch.float32)
+        self.step.run(t, _ref(out, "out"), _ref(lg, "logits"))
+        return lg

@@ -112,8 +112,10 @@ class ModelRunner:
         else:
             x = self._inputs(items)
             if self.native_step is not None and x.ids.shape[0] == n <= self.native_step.step.max_rows \
-                    and all(it.images is None for it in items):
-                hidden = self.native_step.run(x)  # CPU decode: one native call
+                    and all(it.images is None for it in items):  # CPU decode: one native call
+                if rows is None and not full and self.native_step.vocab is not None:
+                    return self.native_step.run(x, logits=True), []
+                hidden = self.native_step.run(x)
             else:
                 hidden = self._forward(x.to(self.device), self._embeds(items, x))
             last = x.last if rows is None else x.last[rows]

@@ -13,11 +13,14 @@ namespace al4::cpu {
 
 namespace {
 
-enum Slot { kX, kHn, kCat, kPart, kQ, kK, kV, kAtt, kO, kLogits, kTW, kTID, kGU, kAct, kSh, kRt, kFf, kRope, kSlots };
+enum Slot { kX, kHn, kCat, kPart, kQ, kK, kV, kAtt, kO, kLogits, kTW, kTID, kGU, kAct, kSh, kRt, kFf, kRope, kHead, kSlots };
 
 int64_t dtype_size(int dt) { return dt == kF32 || dt == kI32 ? 4 : dt == kI64 ? 8 : dt == kU8 ? 1 : 2; }
 
+constexpr size_t kNoLayer = ~size_t(0);
+
 std::string where(size_t layer, const char* field) {
+  if (layer == kNoLayer) return std::string("decode step: ") + field;
   return "decode step: layers[" + std::to_string(layer) + "]." + field;
 }
 
@@ -112,7 +115,13 @@ void DecodeStep::project(const StepWeight& w, const TensorRef& x, const TensorRe
     linear(x, {w.w}, {nullptr}, out);
 }
 
-void DecodeStep::run(const StepTensors& in, const TensorRef& out) {
+void DecodeStep::set_lm_head(StepWeight lm_head) {
+  check_weight(lm_head, H_, dtype_, kNoLayer, "lm_head");
+  lm_head_ = std::move(lm_head);
+  has_lm_head_ = true;
+}
+
+void DecodeStep::run(const StepTensors& in, const TensorRef& out, const TensorRef* logits) {
   const int64_t R = in.ids.numel();
   check(R >= 1 && R <= max_rows_, "decode step: " + std::to_string(R) + " rows, the step holds 1.." +
                                       std::to_string(max_rows_));
@@ -127,10 +136,23 @@ void DecodeStep::run(const StepTensors& in, const TensorRef& out) {
   for (const StepLayer& L : layers_)
     check(size_t(L.kind) < in.slots.size(), "decode step: a layer reads KV kind " + std::to_string(L.kind) +
                                                  " but the step has " + std::to_string(in.slots.size()));
+  if (logits)
+    check(has_lm_head_ && logits->dtype == kF32 && logits->contiguous() &&
+              logits->shape == std::vector<int64_t>{R, lm_head_.N},
+          "decode step: logits must be contiguous fp32 [rows, vocab] and the step needs an lm_head");
   if (dtype_ == kF32)
     run_typed<float>(in, out);
   else
     run_typed<bf16_t>(in, out);
+  if (!logits) return;
+  TensorRef head = buf(kHead, {R, lm_head_.N}, dtype_, "lm_head out");
+  project(lm_head_, out, head);
+  float* lp = logits->data<float>();
+  const int64_t n = R * lm_head_.N;
+  if (dtype_ == kF32)
+    std::memcpy(lp, head.data<float>(), size_t(n) * sizeof(float));
+  else
+    for (int64_t i = 0; i < n; ++i) lp[i] = load_f32(head.data<bf16_t>(), i);
 }
 
 template <typename T>

@@ -58,8 +58,10 @@ class DecodeStep {
  public:
   DecodeStep(TensorRef embed, TensorRef final_norm, TensorRef inv_freq, double eps, int64_t n_heads,
              int64_t n_kv_heads, int64_t head_dim, int64_t max_rows, std::vector<StepLayer> layers);
-  // out: [R, H] activation dtype = the final-norm hidden states of the R new tokens.
-  void run(const StepTensors& in, const TensorRef& out);
+  // out: [R, H] activation dtype = the final-norm hidden states of the R new tokens; with `logits`
+  // ([R, V] fp32), also lm_head(out) rounded to the activation dtype and widened (compute_logits).
+  void run(const StepTensors& in, const TensorRef& out, const TensorRef* logits);
+  void set_lm_head(StepWeight lm_head);
   int64_t max_rows() const { return max_rows_; }
 
  private:
@@ -75,6 +77,8 @@ class DecodeStep {
   int64_t Hq_, Hkv_, D_, H_, max_rows_;
   int dtype_;
   std::vector<StepLayer> layers_;
+  StepWeight lm_head_;
+  bool has_lm_head_ = false;
   std::vector<std::vector<uint8_t>> scratch_;
 };
 

@@ -67,7 +67,9 @@ void register_decode_step(py::module_& m) {
                     std::vector<StepLayer>>(),
            py::arg("embed"), py::arg("final_norm"), py::arg("inv_freq"), py::arg("eps"), py::arg("n_heads"),
            py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("max_rows"), py::arg("layers"))
-      .def("run", &DecodeStep::run, py::arg("inputs"), py::arg("out"), py::call_guard<py::gil_scoped_release>())
+      .def("run", &DecodeStep::run, py::arg("inputs"), py::arg("out"), py::arg("logits").none(true) = nullptr,
+           py::call_guard<py::gil_scoped_release>())
+      .def("set_lm_head", &DecodeStep::set_lm_head, py::arg("lm_head"))
       .def_property_readonly("max_rows", &DecodeStep::max_rows);
 }
 

@@ -38,7 +38,7 @@ def _runners(model, dtype, **kw):
 def _count_calls(runner, monkeypatch):
     calls = []
     run = runner.native_step.run
-    monkeypatch.setattr(runner.native_step, "run", lambda x: calls.append(x.batch) or run(x))
+    monkeypatch.setattr(runner.native_step, "run", lambda x, **kw: calls.append(x.batch) or run(x, **kw))
     return calls
 
 
@@ -114,3 +114,32 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(cpu_decode.Unsupported, match="layers.2.mlp.down_proj.weight is torch.float64"):
         cpu_decode.CpuDecodeStep(bad, cache, 1)
     assert cpu_decode.CpuDecodeStep.build(bad, cache, 1) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()  # as the runner runs the model: the eager ops then take the native kernels too
+def test_hidden_states_and_logits_of_one_step(dtype):
+    """The step's two outputs: final-norm hidden states (rows that sample a subset) and the fused LM
+    head (every row samples) equal the eager forward's and compute_logits of them."""
+    from amd_llama4.engine.block_manager import SeqBlocks
+    from amd_llama4.engine.runner import StepItem
+
+    model = _model(dtype=dtype)
+    _, fast, caches = _runners(model, dtype)
+    items = []
+    for i, n in enumerate((7, 3, 8)):  # three sequences prefilled, then one decode row each (the
+        seq = SeqBlocks()               # third one's crosses the 8-token attention chunk)
+        caches[1].reserve(seq, 0, n)
+        fast.execute([StepItem(seq, list(range(10 + i, 10 + i + n)), 0)])
+        caches[1].reserve(seq, n, n + 1)
+        items.append(StepItem(seq, [40 + i], n))
+    x = fast._inputs(items)
+    ref = fast._forward(x)  # the eager forward (writes the same K/V the native step writes again)
+    hidden = fast.native_step.run(x)
+    logits = fast.native_step.run(x, logits=True)
+    torch.testing.assert_close(hidden, ref, atol=0, rtol=0)
+    head = model.compute_logits(hidden)
+    torch.testing.assert_close(logits, head, atol=0, rtol=0)
+    assert logits.dtype == torch.float32 and logits.shape == (3, model.config.vocab_size)
+    picked = fast.execute(items, rows=[2, 0])  # a subset of rows: hidden states, then the model's head
+    torch.testing.assert_close(picked, head[[2, 0]], atol=0, rtol=0)
