@@ -8,7 +8,9 @@ with alternating repeats (the machine is shared and noisy: the BEST of --repeats
   ours:      LLM(folder, dtype, quantization) -> generate(token ids, greedy, ignore_eos), the engine's
              real path (scheduler, paged KV cache, sampler, detokenizer), prefix caching off so each
              repeat prefills; prefill = time of max_tokens=1, decode tok/s = new_tokens / (time of
-             1 + new_tokens tokens - prefill time).
+             1 + new_tokens tokens - prefill time). Decode steps run as one native call
+             (engine/cpu_decode.py) unless --enforce-eager (the op-by-op step) or the type needs the
+             eager step (the table says which ran).
   llama.cpp: Llama(gguf, n_threads, logits_all=False); prefill = eval(prompt); decode = eval(token)
              + argmax of the logits per token (greedy; f16 KV cache, llama.cpp's default).
 
@@ -55,13 +57,17 @@ def _quant(name):
 
 
 class Ours:
-    def __init__(self, folder, kind, ctx, threads):
+    def __init__(self, folder, kind, ctx, threads, enforce_eager=False):
         from amd_llama4 import LLM
+        from amd_llama4.engine import cpu_decode
 
         dtype, q, self.what = OURS[kind]
         torch.set_num_threads(threads)
         self.llm = LLM(str(folder), dtype=dtype, quantization=_quant(q), max_model_len=ctx, max_num_seqs=1,
-                       kv_cache_memory_bytes=64 << 20, enable_prefix_caching=False)
+                       kv_cache_memory_bytes=64 << 20, enable_prefix_caching=False, enforce_eager=enforce_eager)
+        eng = self.llm.engine
+        self.step = "native step" if eng.runner.native_step is not None else \
+            "eager step" + ("" if enforce_eager else f": {cpu_decode.unsupported(eng.model, eng.cache)}")
 
     def run(self, prompt, n):
         from amd_llama4 import SamplingParams
@@ -120,11 +126,11 @@ def bench_type(kind, paths, args, prompt):
     ctx = args.prompt_len + args.new_tokens + 32
     row = {"type": kind}
     try:
-        ours = Ours(paths["hf"], kind, ctx, args.threads)
+        ours = Ours(paths["hf"], kind, ctx, args.threads, args.enforce_eager)
     except Exception as e:  # noqa: BLE001 - a missing path (int4 kernels) is a table note, not a crash
         ours, row["ours_error"] = None, f"{type(e).__name__}: {e}"
     theirs = LlamaCpp(paths[kind], ctx, args.threads)
-    row["ours_path"] = OURS[kind][2]
+    row["ours_path"] = OURS[kind][2] + ("" if ours is None else f", {ours.step}")
     if ours is not None:  # warm-up: first-call allocations, thread pools
         ours.run(prompt, 4)
     theirs.prefill(prompt), theirs.decode(4)
@@ -180,6 +186,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5, help="alternating timed runs per side; the best is reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--enforce-eager", action="store_true", help="ours: the op-by-op decode step")
     args = ap.parse_args(argv)
     types = [t for t in args.types.split(",") if t]
     bad = [t for t in types if t not in OURS]

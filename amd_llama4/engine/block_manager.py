@@ -141,6 +141,20 @@ class BlockManager:
                 need[kind] = max(0, -(-end // self.block_size) - len(seq.tables[kind]))
         return need
 
+    def covers(self, seq: SeqBlocks, start: int, end: int) -> bool:
+        """Positions [start, end) already have slots: reserve(seq, start, end) would change nothing
+        (the decode step's usual case: a cheap test instead of blocks_needed per pool)."""
+        bs = self.block_size
+        for kind in self.kinds:
+            if kind == "chunked":
+                cs = seq.chunk_start
+                if start // self.chunk * self.chunk != cs or (end - 1) // self.chunk * self.chunk != cs \
+                        or end - cs > len(seq.tables[kind]) * bs:
+                    return False
+            elif end > len(seq.tables[kind]) * bs:
+                return False
+        return True
+
     def can_reserve(self, seq: SeqBlocks, start: int, end: int) -> bool:
         need = self.blocks_needed(seq, start, end)
         freed = 0
@@ -162,7 +176,8 @@ class BlockManager:
                 seq.registered["chunked"] = 0
         need = self.blocks_needed(seq, start, end)
         for kind in self.kinds:
-            seq.tables[kind] += self.allocators[kind].allocate(need[kind])
+            if need[kind]:
+                seq.tables[kind] += self.allocators[kind].allocate(need[kind])
 
     def release(self, seq: SeqBlocks) -> None:
         """Drop the sequence's references (blocks the prefix cache holds stay cached)."""

@@ -532,7 +532,8 @@ class LLMEngine:
         items = [StepItem(s.blocks, s.token_ids[s.num_computed:s.num_computed + n], s.num_computed, f)
                  for s, n, f in zip(seqs, num_tokens, feats)]
         # one ragged step (no padding); the LM head runs only on the sampled rows (and prompt rows
-        # asked for); prefill pieces only: K/V written, no logits
-        logits, prompt_logits = self.runner.execute_with_prompt(
-            items, rows=[i for i, smp in enumerate(sample) if smp], full=full)  # [n, V]
+        # asked for); prefill pieces only: K/V written, no logits. rows=None when every item samples
+        # (decodes): no subset to index, and the CPU native step computes the logits itself
+        rows = None if all(sample) else [i for i, smp in enumerate(sample) if smp]
+        logits, prompt_logits = self.runner.execute_with_prompt(items, rows=rows, full=full)  # [n, V]
         return (self.sampler(logits, states) if states else []), prompt_logits

@@ -67,6 +67,9 @@ class SamplingState:
         self.uses_penalties = (p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
                                or p.frequency_penalty != 0.0)
         self.greedy = p.temperature < _GREEDY_EPS
+        # greedy with nothing that edits the logits or asks for logprobs (matcher, min_tokens: per step)
+        self._plain_greedy = (self.greedy and not self.uses_penalties and not p.logit_bias
+                              and p.logprobs is None)
         if p.seed is not None:
             self.generator = torch.Generator().manual_seed(p.seed)
         # ids that min_tokens suppresses (vLLM: eos only when it is a stop condition)
@@ -97,6 +100,12 @@ class SamplingState:
         if p.max_tokens is not None and n >= p.max_tokens:
             return True, "length", None
         return False, None, None
+
+    @property
+    def argmax_only(self) -> bool:
+        """This step's token is the argmax of the raw logits: greedy, no logprobs, and no step of the
+        pipeline changes this row (bias, penalties, grammar, min_tokens suppression)."""
+        return self._plain_greedy and self.matcher is None and not self.suppress_ids
 
     @property
     def suppress_ids(self) -> list[int]:
@@ -147,6 +156,10 @@ class Sampler:
         B, V = logits.shape
         if B == 0:
             return []
+        if all(s.argmax_only for s in states):
+            # the full pipeline's tokens (its fp32 copy is exact: the same first maximum) without
+            # its per-step Python; the usual batch-1 decode (host cost matters at ~3 ms a token)
+            return [SampleResult(t, None, None) for t in logits.argmax(dim=-1).tolist()]
         dev = logits.device
         logits = logits.to(torch.float32, copy=True)  # logits: [B, V]; the caller's buffer stays intact
         _suppress(logits, states)

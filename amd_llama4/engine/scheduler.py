@@ -120,6 +120,8 @@ class Scheduler:
         """Blocks for seq's next n tokens; may preempt younger sequences, or seq itself if it is the
         youngest (then False)."""
         start = seq.num_computed
+        if self.cache.covers(seq.blocks, start, start + n):  # most decodes: the slot is already held
+            return True
         while not self.cache.can_reserve(seq.blocks, start, start + n):
             if not may_preempt:
                 return False
@@ -147,7 +149,11 @@ class Scheduler:
             for seq in by_arrival:
                 if budget <= 0:
                     break
-                if seq not in self.running or (seq.pending == 1) != decode:
+                if (seq.pending == 1) != decode:
+                    continue
+                # only a preemption or failure in this step takes a sequence out of running (the
+                # O(B) membership test is skipped until then)
+                if (self._preempted or self._failed) and seq not in self.running:
                     continue
                 n = self._piece(seq, budget)
                 if self._reserve(seq, n, may_preempt=True):
@@ -156,10 +162,10 @@ class Scheduler:
                     budget -= n
         if not self._preempted:  # a preempting step admits nothing: it would take the blocks back
             budget = self._admit(step, budget)
-        # a sequence preempted after it was picked must not run
-        keep = [(s, n) for s, n in zip(step.seqs, step.num_tokens) if s in self.running]
-        step.seqs, step.num_tokens = [s for s, _ in keep], [n for _, n in keep]
-        step.is_prefill = any(n > 1 or s.pending > 1 for s, n in keep)
+        if self._preempted or self._failed:  # a sequence preempted after it was picked must not run
+            keep = [(s, n) for s, n in zip(step.seqs, step.num_tokens) if s in self.running]
+            step.seqs, step.num_tokens = [s for s, _ in keep], [n for _, n in keep]
+        step.is_prefill = any(n > 1 or s.pending > 1 for s, n in zip(step.seqs, step.num_tokens))
         step.failed += self._failed
         self._failed = []
         return step

@@ -10,6 +10,7 @@ so they compute finite values, and write row 0's K/V to row 0's slot (`src`), th
 itself: duplicate slots in one index_copy_ then never race."""
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 
 import torch
@@ -83,59 +84,110 @@ class StepInputs:
                           {k: z(batch) for k in kinds}, {k: z(batch, dtype=torch.long) for k in kinds})
 
 
+# Graph decode tables wider than this many padding zeros are filled as a tensor, not listed.
+_MAX_LISTED_PADDING = 1 << 14
+
+
 def build_step_inputs(cache: KVCache, seqs: list[SeqBlocks], tokens: list[list[int]], starts: list[int],
                       pad_to: int | None = None, widths: dict[str, int] | None = None) -> StepInputs:
     """Host tensors for one step: sequence b computes tokens[b] at positions starts[b] ... Its
     blocks must already be reserved (block_manager.reserve). pad_to: a decode step (one token per
     sequence) padded to that many rows (a graph bucket); widths: the static table width per kind
-    (graphs; None: the widest table of this step)."""
+    (graphs; None: the widest table of this step).
+
+    Host cost per step matters at batch 1 (a CPU int4 decode token takes ~3 ms), so every field is
+    computed in Python ints (runs of positions and slots appended per sequence and per block: C loops
+    inside list.extend) and the fields become views of two buffers, one per dtype, made by one
+    array -> tensor copy each: a few torch calls instead of ~40 small ops. Small torch ops that go
+    parallel cost far more than their work: with 2 threads on a busy machine, repeat_interleave
+    (grain size 1) waited ~4 ms per step for the second thread."""
     n = len(seqs)
     if n == 0:
         raise ValueError("build_step_inputs: a step needs at least one sequence")
     lens = [len(t) for t in tokens]
     if min(lens) < 1:
         raise ValueError(f"build_step_inputs: sequence {lens.index(0)} has no tokens to compute")
-    src = None
+    pick: list[int] = []  # graphs' padding: the source sequence of every row
     if pad_to is not None:
         if max(lens) != 1 or not n <= pad_to:
             raise ValueError(f"build_step_inputs: a padded (graph) step takes one token per sequence and at most "
                              f"{pad_to} sequences; got {n} sequences of up to {max(lens)} tokens")
-        pick = list(range(n)) + [0] * (pad_to - n)  # source sequence of every row
+        pick = list(range(n)) + [0] * (pad_to - n)
         seqs, tokens, starts, lens = [seqs[i] for i in pick], [tokens[i] for i in pick], \
             [starts[i] for i in pick], [1] * pad_to
-        src = torch.tensor(pick, dtype=torch.long)
     B = len(seqs)
-    n_tok = torch.tensor(lens)  # [B]
-    cu = torch.zeros(B + 1, dtype=torch.int32)
-    torch.cumsum(n_tok, 0, out=cu[1:])
-    T = int(cu[-1])
-    row = torch.repeat_interleave(torch.arange(B), n_tok, output_size=T)  # [T] sequence of each token
-    start_t = torch.tensor(starts)  # [B]
-    pos = start_t[row] + (torch.arange(T) - cu[:-1].long()[row])  # [T]
-    ids = torch.tensor([t for toks in tokens for t in toks], dtype=torch.long)
-    end = start_t + n_tok  # [B] keys visible to the last token
+    if max(lens) == 1:  # decode: one token per sequence
+        ids, pos, cu = [t[0] for t in tokens], list(starts), list(range(B + 1))
+    else:
+        ids, pos, cu = [], [], [0]
+        for toks, s, k in zip(tokens, starts, lens):
+            ids += toks
+            pos += range(s, s + k)
+            cu.append(cu[-1] + k)
     bs = cache.block_size
-    tables, seq_lens, first_pos, slots = {}, {}, {}, {}
+    # the flat parts of the two buffers in field order: long (ids, positions, last, src, slots per
+    # kind), int32 (q_pos, cu_seqlens, then per kind table, seq_lens, first_pos)
+    longs, ints = [ids, pos, [c - 1 for c in cu[1:]], pick], [pos, cu]
+    wide = {}  # kind -> [B, W] table made as a tensor (graph widths: mostly padding)
     for kind in cache.kinds:
         rows = [s.tables[kind] for s in seqs]
-        n_blk = torch.tensor([len(r) for r in rows])  # [B]
-        longest = int(n_blk.max())
+        n_blk = [len(r) for r in rows]
+        longest = max(n_blk)
         width = widths[kind] if widths is not None else max(1, longest)
         if longest > width:
             raise ValueError(f"step: a sequence holds {longest} {kind} KV blocks, more than the {width} a "
                              "captured step's block table has; raise max_model_len or use enforce_eager")
-        # [B, W]: one flat copy of every table, not a Python list per padded row (graph widths are wide)
-        tab = torch.zeros(B, width, dtype=torch.int32)
-        tab[torch.arange(width) < n_blk[:, None]] = torch.tensor([b for r in rows for b in r], dtype=torch.int32)
-        base = torch.tensor([s.chunk_start if kind == "chunked" else 0 for s in seqs])  # [B]
-        off = pos - base[row]  # [T] logical slot of each new token
-        blk = off // bs
-        if int(blk.min()) < 0 or bool((blk >= n_blk[row]).any()):
-            raise ValueError(f"step: a token's position has no reserved {kind} KV block (reserve the "
-                             "positions [start, end) of every item before the step)")
-        slots[kind] = tab.long()[row, blk] * bs + off % bs
-        tables[kind], seq_lens[kind], first_pos[kind] = tab, (end - base).int(), base.int()
-    return StepInputs(ids, pos, pos.int(), cu, cu[1:].long() - 1, src, tables, seq_lens, first_pos, slots)
+        base = [s.chunk_start for s in seqs] if kind == "chunked" else [0] * B  # position of slot 0
+        slots: list[int] = []
+        for table, nb, s, k, b0 in zip(rows, n_blk, starts, lens, base):
+            off = s - b0  # logical slot of the first new token
+            if off < 0 or (off + k - 1) // bs >= nb:
+                raise ValueError(f"step: a token's position has no reserved {kind} KV block (reserve the "
+                                 "positions [start, end) of every item before the step)")
+            if k == 1:
+                slots.append(table[off // bs] * bs + off % bs)
+                continue
+            for blk in range(off // bs, (off + k - 1) // bs + 1):  # one run of slots per block touched
+                shift = (table[blk] - blk) * bs  # logical -> flat cache slot within this block
+                slots += range(shift + max(off, blk * bs), shift + min(off + k, blk * bs + bs))
+        longs.append(slots)
+        tab: list[int] = []
+        if B * width - sum(n_blk) <= _MAX_LISTED_PADDING:
+            for r, nb in zip(rows, n_blk):
+                tab += r
+                tab += [0] * (width - nb)
+        else:
+            wide[kind] = _wide_table(rows, width)
+        ints += [tab, [s + k - b0 for s, k, b0 in zip(starts, lens, base)], base]
+    lv = _buffer("q", torch.long, longs)
+    iv = _buffer("i", torch.int32, ints)
+    tables, seq_lens, first_pos, slots = {}, {}, {}, {}
+    for j, kind in enumerate(cache.kinds):
+        tab, seq_lens[kind], first_pos[kind] = iv[2 + 3 * j: 5 + 3 * j]
+        tables[kind] = wide[kind] if kind in wide else tab.view(B, -1)
+        slots[kind] = lv[4 + j]
+    return StepInputs(lv[0], lv[1], iv[0], iv[1], lv[2], lv[3] if pad_to is not None else None,
+                      tables, seq_lens, first_pos, slots)
+
+
+def _buffer(code: str, dtype: torch.dtype, parts: list[list[int]]) -> tuple[torch.Tensor, ...]:
+    """Views of one tensor holding the concatenated parts (an array's buffer, no per-element
+    Python conversion as in torch.tensor(list))."""
+    buf = array.array(code)
+    for p in parts:
+        buf.extend(p)
+    if buf.itemsize != dtype.itemsize:  # 'q' / 'i' are 8 / 4 bytes on every platform torch runs on
+        raise RuntimeError(f"build_step_inputs: array '{code}' holds {buf.itemsize}-byte ints, not {dtype}")
+    return torch.frombuffer(buf, dtype=dtype).split_with_sizes([len(p) for p in parts])  # no Python wrapper
+
+
+def _wide_table(rows: list[list[int]], width: int) -> torch.Tensor:
+    """[B, width] int32 block table of mostly padding: zeros, then the real entries by flat index."""
+    tab = torch.zeros(len(rows), width, dtype=torch.int32)
+    at = [b * width + j for b, r in enumerate(rows) for j in range(len(r))]
+    if at:
+        tab.view(-1)[torch.tensor(at)] = torch.tensor([x for r in rows for x in r], dtype=torch.int32)
+    return tab
 
 
 class PagedStepCache:
