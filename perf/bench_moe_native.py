@@ -5,6 +5,13 @@
                                    --dtype float32 --repeats 5]
 
 Prints the median time of each and the ratios (baseline time / native time: > 1 means native wins).
+
+  python perf/bench_moe_native.py --decode [--experts 16 --hidden 1024 --inter 2048 --rows 1,2,4,8]
+
+--decode: the decode step's routed experts (top-1; T tokens on T different experts, cycling over all
+of them so every call reads its experts from DRAM): GB/s of expert weight bytes read and the share
+of a plain streaming read of the same bytes (torch sum, same threads) timed in the same process,
+alternating with the kernel; best of --repeats passes of 32 calls (a shared machine is noisy).
 """
 from __future__ import annotations
 
@@ -42,6 +49,53 @@ def dense_transformers(x, w1, w2, tw, ids):
     return run
 
 
+def decode_bandwidth(a) -> list[dict]:
+    """GB/s of native fused_moe at decode (T = 1..8 rows, top-1) vs a streaming read of the same bytes."""
+    import time
+
+    from amd_llama4.ops.native import _C, _ref
+
+    g = torch.Generator().manual_seed(0)
+    E, H, inter, calls = a.experts, a.hidden, a.inter, 32
+    results = []
+    for dt in (getattr(torch, d) for d in a.dtypes.split(",")):
+        w1 = (torch.randn(E, H, 2 * inter, generator=g) / H**0.5).to(dt)
+        w2 = (torch.randn(E, inter, H, generator=g) / inter**0.5).to(dt)
+        words = [(w1[e].view(torch.float32) if dt == torch.bfloat16 else w1[e],
+                  w2[e].view(torch.float32) if dt == torch.bfloat16 else w2[e]) for e in range(E)]
+        line = f"{str(dt)[6:]:8s} E={E} H={H} I={inter} top-1 |"
+        for T in (int(r) for r in a.rows.split(",")):
+            x = torch.randn(T, H, generator=g).to(dt)
+            out = torch.empty(T, H, dtype=dt)
+            tw = torch.rand(T, 1, generator=g)
+            id_sets = [torch.tensor([(c * T + t) % E for t in range(T)], dtype=torch.int32).view(T, 1)
+                       for c in range(calls)]
+            refs = [(_ref(x, "x"), _ref(w1, "w_gate_up"), _ref(w2, "w_down"), _ref(tw, "topk_weights"),
+                     _ref(ids, "topk_ids"), None, None, _ref(out, "out")) for ids in id_sets]
+            experts = [sorted(set(ids.view(-1).tolist())) for ids in id_sets]
+            nbytes = sum(len(es) for es in experts) * (w1[0].nbytes + w2[0].nbytes)
+            best_k = best_s = float("inf")
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                for es in experts:
+                    for e in es:
+                        words[e][0].sum(), words[e][1].sum()
+                best_s = min(best_s, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for r in refs:
+                    _C.fused_moe(*r)
+                best_k = min(best_k, time.perf_counter() - t0)
+            torch.testing.assert_close(out, ops.fused_moe(x, w1, w2, tw, id_sets[-1], backend="torch"),
+                                       **({"rtol": 1e-4, "atol": 1e-4} if dt == torch.float32 else
+                                          {"rtol": 2e-2, "atol": 2e-2}))
+            gbps, sgbps = nbytes / best_k / 1e9, nbytes / best_s / 1e9
+            results.append({"dtype": str(dt)[6:], "tokens": T, "GBps": gbps, "stream_GBps": sgbps,
+                            "of_stream": gbps / sgbps, "us_per_call": best_k / calls * 1e6})
+            line += f" T{T} {gbps:5.1f} GB/s ({100 * gbps / sgbps:3.0f}% of stream {sgbps:4.1f})"
+        print(line, flush=True)
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=512)
@@ -50,10 +104,19 @@ def main(argv=None) -> int:
     ap.add_argument("--inter", type=int, default=1024)
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=None, help="5 (15 with --decode)")
+    ap.add_argument("--decode", action="store_true", help="GB/s at decode (few tokens) vs a streaming read")
+    ap.add_argument("--rows", default="1,2,4,8", help="with --decode: tokens per call")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="with --decode")
     a = ap.parse_args(argv)
     if not native.available():
         raise SystemExit("amd_llama4._C is not built: pip install -e . (see docs/native.md)")
+    if a.decode:
+        a.repeats = a.repeats or 15
+        a.inter = a.inter if "--inter" in (argv or __import__("sys").argv) else 2048
+        decode_bandwidth(a)
+        return 0
+    a.repeats = a.repeats or 5
     dt = getattr(torch, a.dtype)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.tokens, a.hidden, generator=g).to(dt)

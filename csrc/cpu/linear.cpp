@@ -1,10 +1,12 @@
 // Small-M linear on CPU: out[M, N] = x[M, K] @ W[N, K]^T (+ bias), W in nn.Linear's layout. Built
 // for the decode step (M = a few rows): there the product is a weight stream, and a GEMM library's
-// packing and blocking cost more than the arithmetic. Each output is a dot product over K; a tile
-// of MB x rows and NB weight rows keeps MB*NB vector accumulators, so every weight vector loaded
-// from memory feeds MB FMAs and the x rows stay in L1. Threads take contiguous ranges of weight
-// rows: long sequential reads. fp32 math; bf16 weights are widened on load. Several weights that
-// share the input (q/k/v, gate/up) run in one call: their outputs side by side in one [M, sum N].
+// packing and blocking cost more than the arithmetic. Each output is a dot product over K.
+// One x row (batch-1 decode): linear_kernel.h's row_dots, each thread reading its range of weight
+// rows as one sequential stream. Several rows: a tile of MB x rows and NB weight rows keeps MB*NB
+// vector accumulators, so every weight vector loaded from memory feeds MB FMAs and the x rows stay
+// in L1. Threads take contiguous ranges of weight rows: long sequential reads. fp32 math; bf16
+// weights are widened on load. Several weights that share the input (q/k/v, gate/up) run in one
+// call: their outputs side by side in one [M, sum N].
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -12,7 +14,7 @@
 #include <vector>
 
 #include "cpu_ops.h"
-#include "moe_gemm_kernel.h"  // AL4_INLINE
+#include "linear_kernel.h"  // row_dots, HSum4, AL4_INLINE
 
 namespace al4::cpu {
 
@@ -36,48 +38,6 @@ struct LoadBF16 {  // bf16 -> fp32 is a 16-bit left shift of the bits
     __builtin_memcpy(&v, b, sizeof(V));
   }
   AL4_INLINE float operator()(const bf16_t* p, int64_t i) const { return bf16_to_f32(p[i].bits); }
-};
-
-// The four horizontal sums of a0..a3 (VW lanes each) by a shuffle tree: each level halves the lanes
-// per sum and packs two sums into one vector, ~4 vector ops per sum instead of VW scalar adds
-// (at K = 512 the scalar sums cost as much as the FMAs).
-template <int VW>
-struct HSum4;
-template <>
-struct HSum4<16> {
-  typedef float v16 __attribute__((vector_size(64)));
-  typedef float v8 __attribute__((vector_size(32)));
-  typedef float v4 __attribute__((vector_size(16)));
-  AL4_INLINE static v4 run(v16 a0, v16 a1, v16 a2, v16 a3) {
-    v16 t0 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-             __builtin_shufflevector(a0, a1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    v16 t1 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-             __builtin_shufflevector(a2, a3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    v16 u = __builtin_shufflevector(t0, t1, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-            __builtin_shufflevector(t0, t1, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    v8 h = __builtin_shufflevector(u, u, 0, 1, 4, 5, 8, 9, 12, 13) + __builtin_shufflevector(u, u, 2, 3, 6, 7, 10, 11, 14, 15);
-    return __builtin_shufflevector(h, h, 0, 2, 4, 6) + __builtin_shufflevector(h, h, 1, 3, 5, 7);
-  }
-};
-template <>
-struct HSum4<8> {
-  typedef float v8 __attribute__((vector_size(32)));
-  typedef float v4 __attribute__((vector_size(16)));
-  AL4_INLINE static v4 run(v8 a0, v8 a1, v8 a2, v8 a3) {
-    v8 t0 = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a0, a1, 4, 5, 6, 7, 12, 13, 14, 15);
-    v8 t1 = __builtin_shufflevector(a2, a3, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a2, a3, 4, 5, 6, 7, 12, 13, 14, 15);
-    v8 u = __builtin_shufflevector(t0, t1, 0, 1, 4, 5, 8, 9, 12, 13) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7, 10, 11, 14, 15);
-    return __builtin_shufflevector(u, u, 0, 2, 4, 6) + __builtin_shufflevector(u, u, 1, 3, 5, 7);
-  }
-};
-template <>
-struct HSum4<4> {
-  typedef float v4 __attribute__((vector_size(16)));
-  AL4_INLINE static v4 run(v4 a0, v4 a1, v4 a2, v4 a3) {
-    v4 t0 = __builtin_shufflevector(a0, a1, 0, 1, 4, 5) + __builtin_shufflevector(a0, a1, 2, 3, 6, 7);
-    v4 t1 = __builtin_shufflevector(a2, a3, 0, 1, 4, 5) + __builtin_shufflevector(a2, a3, 2, 3, 6, 7);
-    return __builtin_shufflevector(t0, t1, 0, 2, 4, 6) + __builtin_shufflevector(t0, t1, 1, 3, 5, 7);
-  }
 };
 
 // o[i][j] = dot(x[i], w[j]) over K for i < MB, j < NB (rows past the end point at valid memory and
@@ -179,6 +139,28 @@ AL4_INLINE void linear_typed(const LinearArgs& a, int64_t nb0, int64_t nb1) {
 using RowsFn = void (*)(const LinearArgs&, int64_t, int64_t);
 constexpr int kNB = 8;  // weight rows per tile, the same on every ISA (task ranges count tiles)
 
+// One x row: row groups [g0, g1) of 4 weight rows, outputs (+ bias) written in the activation dtype.
+struct RowArgs {
+  const float* x = nullptr;  // fp32: x; bf16: x split even | odd (`half` each)
+  int64_t half = 0;
+  const void* w = nullptr;     // [N, K]
+  const void* bias = nullptr;  // [N] or null
+  void* out = nullptr;         // this weight's first output column
+  int64_t N = 0, K = 0;
+  bool bf16 = false;
+};
+using OneRowFn = void (*)(const RowArgs&, int64_t, int64_t);
+
+template <int VW>
+AL4_INLINE void one_row_typed(const RowArgs& a, int64_t g0, int64_t g1) {
+  if (a.bf16)
+    row_dots<VW>(a.x, a.half, static_cast<const bf16_t*>(a.w), static_cast<const bf16_t*>(a.bias),
+                 static_cast<bf16_t*>(a.out), a.N, a.K, g0, g1);
+  else
+    row_dots<VW>(a.x, a.half, static_cast<const float*>(a.w), static_cast<const float*>(a.bias),
+                 static_cast<float*>(a.out), a.N, a.K, g0, g1);
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 __attribute__((target("arch=x86-64-v4"))) void rows_v4(const LinearArgs& a, int64_t b0, int64_t b1) {
   linear_typed<16, 2, kNB>(a, b0, b1);  // 16 + 8 + 1 of 32 zmm
@@ -186,78 +168,132 @@ __attribute__((target("arch=x86-64-v4"))) void rows_v4(const LinearArgs& a, int6
 __attribute__((target("arch=x86-64-v3"))) void rows_v3(const LinearArgs& a, int64_t b0, int64_t b1) {
   linear_typed<8, 1, kNB>(a, b0, b1);  // 8 + 8 + 1 of 16 ymm
 }
+__attribute__((target("arch=x86-64-v4"))) void one_row_v4(const RowArgs& a, int64_t g0, int64_t g1) {
+  one_row_typed<16>(a, g0, g1);
+}
+__attribute__((target("arch=x86-64-v3"))) void one_row_v3(const RowArgs& a, int64_t g0, int64_t g1) {
+  one_row_typed<8>(a, g0, g1);
+}
 #endif
 void rows_base(const LinearArgs& a, int64_t b0, int64_t b1) { linear_typed<4, 1, kNB>(a, b0, b1); }
+void one_row_base(const RowArgs& a, int64_t g0, int64_t g1) { one_row_typed<4>(a, g0, g1); }
 
-RowsFn rows_fn() {
+struct Kernels {
+  RowsFn rows;
+  OneRowFn one_row;
+};
+
+Kernels kernels() {
   const int level = cpu_isa_level();
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (level >= 4) return rows_v4;
-  if (level >= 3) return rows_v3;
+  if (level >= 4) return {rows_v4, one_row_v4};
+  if (level >= 3) return {rows_v3, one_row_v3};
 #endif
   (void)level;
-  return rows_base;
+  return {rows_base, one_row_base};
+}
+
+// The calling thread's fp32 copies of x and of the fp32 outputs (bf16 or bias), kept between calls:
+// the decode step calls linear ~50 times per token, no allocation after the first.
+float* thread_buffer(int slot, size_t n) {
+  thread_local std::vector<float> bufs[2];
+  if (bufs[slot].size() < n) bufs[slot].resize(n);
+  return bufs[slot].data();
+}
+
+// Every weight's rows in blocks of `rows` as one job list; each of `chunks` threads takes a
+// contiguous range of blocks (spanning weight boundaries, so both threads stream on q|k|v too) and
+// calls fn(p, first block, end block) per weight it touches.
+template <typename F>
+void split_blocks(const std::vector<TensorRef>& ws, int64_t rows, int64_t chunks, F&& fn) {
+  constexpr size_t kInline = 8;  // q/k/v, gate/up: no heap allocation on the decode path
+  int64_t first_inline[kInline + 1];
+  std::vector<int64_t> first_heap(ws.size() > kInline ? ws.size() + 1 : 0);
+  int64_t* first = ws.size() > kInline ? first_heap.data() : first_inline;
+  first[0] = 0;
+  for (size_t p = 0; p < ws.size(); ++p) first[p + 1] = first[p] + ceil_div(ws[p].size(0), rows);
+  const int64_t blocks = first[ws.size()];
+  chunks = std::max<int64_t>(1, std::min(chunks, blocks));
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
+    for (size_t p = 0; p < ws.size(); ++p) {
+      const int64_t lo = std::max(b0, first[p]), hi = std::min(b1, first[p + 1]);
+      if (lo < hi) fn(p, lo - first[p], hi - first[p]);
+    }
+  }
 }
 
 }  // namespace
 
 // x: [M, K] fp32|bf16; ws[p]: [N_p, K] of x's dtype; biases[p]: [N_p] or null -> out: [M, sum N_p] of
-// x's dtype, weight p's outputs in columns [sum_{q<p} N_q, ... + N_p).
+// x's dtype, weight p's outputs in columns [sum_{q<p} N_q, ... + N_p). All contiguous.
 void linear(const TensorRef& x, const std::vector<TensorRef>& ws, const std::vector<const TensorRef*>& biases,
             const TensorRef& out) {
   const int64_t M = x.size(0), K = x.size(1), Ntot = out.size(1);
-  std::vector<float> xf, yf;
-  const float* xp = nullptr;
-  float* yp = nullptr;
-  dispatch_act(x, "linear", [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (std::is_same_v<T, float>) {
-      xp = x.data<float>();
-      yp = out.data<float>();
-    } else {  // bf16: widen x, accumulate in fp32, round once at the end (as torch does)
-      xf.resize(size_t(M * K));
-      yf.resize(size_t(M * Ntot));
-      for (int64_t i = 0; i < M * K; ++i) xf[i] = load_f32(x.data<T>(), i);
-      xp = xf.data(), yp = yf.data();
-    }
-  });
-  // One job list over all weights: (weight, its tiles [b0, b1)), contiguous tile ranges per thread.
-  std::vector<LinearArgs> parts(ws.size());
-  std::vector<int64_t> first_block(ws.size() + 1, 0);
-  int64_t col = 0, work = 0;
-  for (size_t p = 0; p < ws.size(); ++p) {
-    LinearArgs& a = parts[p];
-    a.M = M, a.K = K, a.N = ws[p].size(0), a.ldy = Ntot;
-    a.x = xp, a.y = yp + col;
-    a.w = reinterpret_cast<const void*>(ws[p].ptr);
-    a.bf16_w = ws[p].dtype == kBF16;
-    col += a.N;
-    work += a.N * K;
-    first_block[p + 1] = first_block[p] + ceil_div(a.N, int64_t(kNB));
-  }
-  static const RowsFn rows = rows_fn();
-  const int64_t blocks = first_block.back();
-  const int64_t threads = int64_t(omp_get_max_threads());
+  dispatch_act(x, "linear", [](auto) {});  // fp32 | bf16, else a named error
+  if (M == 0 || Ntot == 0) return;
+  const bool bf16 = x.dtype == kBF16;
+  static const Kernels kern = kernels();
+  int64_t work = 0;
+  for (const TensorRef& w : ws) work += w.size(0) * K;
   const bool par = work * std::max<int64_t>(M, 4) > (1 << 16);  // tiny layers stay serial
-  const int64_t chunks = par ? std::min(blocks, threads) : 1;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
-    for (size_t p = 0; p < parts.size(); ++p) {
-      const int64_t lo = std::max(b0, first_block[p]), hi = std::min(b1, first_block[p + 1]);
-      if (lo < hi) rows(parts[p], lo - first_block[p], hi - first_block[p]);
+  const int64_t chunks = par ? int64_t(omp_get_max_threads()) : 1;
+  const size_t elt = bf16 ? 2 : 4;
+  int64_t col0_inline[8];  // weight p's first output column
+  std::vector<int64_t> col0_heap(ws.size() > 8 ? ws.size() : 0);
+  int64_t* col0 = ws.size() > 8 ? col0_heap.data() : col0_inline;
+  for (size_t p = 0, c = 0; p < ws.size(); c += size_t(ws[p].size(0)), ++p) col0[p] = int64_t(c);
+
+  if (M == 1) {  // outputs (+ bias) written by the kernel in x's dtype
+    const float* xp = x.data<float>();
+    int64_t half = 0;
+    if (bf16) {  // x split into its even and odd elements, widened (Step<VW, bf16_t>)
+      half = (K + 1) / 2;
+      float* xs = thread_buffer(0, size_t(2 * half));
+      const bf16_t* xb = x.data<bf16_t>();
+      for (int64_t j = 0; j < half; ++j) {
+        xs[j] = bf16_to_f32(xb[2 * j].bits);
+        xs[half + j] = 2 * j + 1 < K ? bf16_to_f32(xb[2 * j + 1].bits) : 0.0f;
+      }
+      xp = xs;
     }
+    split_blocks(ws, 4, chunks, [&](size_t p, int64_t g0, int64_t g1) {
+      RowArgs a;
+      a.x = xp, a.half = half, a.K = K, a.N = ws[p].size(0), a.bf16 = bf16;
+      a.w = reinterpret_cast<const void*>(ws[p].ptr);
+      a.bias = biases[p] ? reinterpret_cast<const void*>(biases[p]->ptr) : nullptr;
+      a.out = reinterpret_cast<char*>(out.ptr) + col0[p] * elt;
+      kern.one_row(a, g0, g1);
+    });
+    return;
   }
-  bool any_bias = false;
-  for (const TensorRef* b : biases) any_bias = any_bias || b != nullptr;
-  if (x.dtype == kF32 && !any_bias) return;  // written in place
+
+  // Several rows: fp32 x and y (bf16 widened; y rounded with the bias added at the end, as torch).
+  const bool direct = !bf16 && std::all_of(biases.begin(), biases.end(), [](const TensorRef* b) { return !b; });
+  const float* xp = x.data<float>();
+  if (bf16) {
+    float* xf = thread_buffer(0, size_t(M * K));
+    for (int64_t i = 0; i < M * K; ++i) xf[i] = load_f32(x.data<bf16_t>(), i);
+    xp = xf;
+  }
+  float* yp = direct ? out.data<float>() : thread_buffer(1, size_t(M * Ntot));
+  split_blocks(ws, kNB, chunks, [&](size_t p, int64_t b0, int64_t b1) {
+    LinearArgs a;
+    a.M = M, a.K = K, a.N = ws[p].size(0), a.ldy = Ntot;
+    a.x = xp, a.y = yp + col0[p];
+    a.w = reinterpret_cast<const void*>(ws[p].ptr);
+    a.bf16_w = bf16;
+    kern.rows(a, b0, b1);
+  });
+  if (direct) return;  // written in place
   dispatch_act(out, "linear", [&](auto tag) {
     using T = decltype(tag);
     T* op = out.data<T>();
-    for (size_t p = 0, c0 = 0; p < parts.size(); c0 += parts[p].N, ++p)
+    for (size_t p = 0; p < ws.size(); ++p)
       for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < parts[p].N; ++n) {
-          const int64_t i = m * Ntot + int64_t(c0) + n;
+        for (int64_t n = 0; n < ws[p].size(0); ++n) {
+          const int64_t i = m * Ntot + col0[p] + n;
           store_f32(op, i, yp[i] + (biases[p] ? load_f32(biases[p]->data<T>(), n) : 0.0f));
         }
   });

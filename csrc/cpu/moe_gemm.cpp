@@ -59,7 +59,7 @@ float* scratch(int slot, size_t n) {
 constexpr size_t kKeepFloats = size_t(4) << 20;  // per buffer: 16 MB
 
 float* row_buffer(int slot, size_t n, std::unique_ptr<float[]>& fresh) {
-  thread_local std::vector<float> keep[3];
+  thread_local std::vector<float> keep[4];  // routed inputs, h, expert outputs, decode partial sums
   if (n > kKeepFloats) {
     fresh.reset(new float[n]);
     return fresh.get();
@@ -246,25 +246,30 @@ AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, D
   }
 }
 
-// Decode task: part[0:n][0:cols] = A[0:n][k0:k1] W[k0:k1][0:cols] (fp32 or bf16 W, row stride ldw),
-// 8 rows per pass over the weights.
+// Row stride of a decode task's partial sums: one cache line past the columns, so that rows at
+// 4 KB multiples (cols = 1024 fp32) do not alias each other in L1 and the store buffer.
+constexpr int64_t part_ld(int64_t cols) { return cols + 16; }
+
+// Decode task: part[0:n][0:cols] (row stride part_ld(cols)) = A[0:n][k0:k1] W[k0:k1][0:cols] (fp32
+// or bf16 W, row stride ldw), 8 rows per pass over the weights.
 template <class Cfg, typename W>
 AL4_INLINE void axpy_rows_typed(const float* A, int64_t lda, int64_t n, const W* w, int64_t ldw, int64_t cols,
                                 int64_t k0, int64_t k1, float* part) {
   constexpr int VW = Cfg::VW;
-  std::memset(part, 0, sizeof(float) * n * cols);
+  const int64_t ldc = part_ld(cols);
+  std::memset(part, 0, sizeof(float) * n * ldc);
   for (int64_t i0 = 0; i0 < n; i0 += 8) {
     const float* a = A + i0 * lda;
-    float* c = part + i0 * cols;
+    float* c = part + i0 * ldc;
     switch (std::min<int64_t>(8, n - i0)) {
-      case 1: rows_axpy<VW, 1>(a, lda, k0, k1, w, ldw, cols, c); break;
-      case 2: rows_axpy<VW, 2>(a, lda, k0, k1, w, ldw, cols, c); break;
-      case 3: rows_axpy<VW, 3>(a, lda, k0, k1, w, ldw, cols, c); break;
-      case 4: rows_axpy<VW, 4>(a, lda, k0, k1, w, ldw, cols, c); break;
-      case 5: rows_axpy<VW, 5>(a, lda, k0, k1, w, ldw, cols, c); break;
-      case 6: rows_axpy<VW, 6>(a, lda, k0, k1, w, ldw, cols, c); break;
-      case 7: rows_axpy<VW, 7>(a, lda, k0, k1, w, ldw, cols, c); break;
-      default: rows_axpy<VW, 8>(a, lda, k0, k1, w, ldw, cols, c); break;
+      case 1: rows_axpy<VW, 1>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      case 2: rows_axpy<VW, 2>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      case 3: rows_axpy<VW, 3>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      case 4: rows_axpy<VW, 4>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      case 5: rows_axpy<VW, 5>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      case 6: rows_axpy<VW, 6>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      case 7: rows_axpy<VW, 7>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
+      default: rows_axpy<VW, 8>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
     }
   }
 }
@@ -367,9 +372,11 @@ void streamed_moe(const MoeArgs& g, AxpyFn axpy, int64_t N, int64_t active, bool
     if (g.off[e + 1] > g.off[e])
       for (int64_t j = 0; j < ks; ++j) tasks.push_back({e, j});
   const int64_t nt = int64_t(tasks.size());
-  // Uninitialised: each task zeroes its own [rows, cols] part before adding to it.
-  std::unique_ptr<float[]> parts(new float[ks * N * std::max(2 * I, H)]);
-  auto part = [&](int64_t j, int64_t r, int64_t cols) { return parts.get() + (j * N + r) * cols; };
+  // Uninitialised: each task zeroes its own [rows, part_ld(cols)] part before adding to it. Kept
+  // between calls (row_buffer): at decode a fresh buffer (128 KB+) is an mmap and page faults per call.
+  std::unique_ptr<float[]> fresh;
+  float* parts = row_buffer(3, size_t(ks * N * part_ld(std::max(2 * I, H))), fresh);
+  auto part = [&](int64_t j, int64_t r, int64_t cols) { return parts + (j * N + r) * part_ld(cols); };
   const int64_t esize = bf16_w ? 2 : 4;
   auto gemm = [&](const float* A, int64_t K, const void* W, int64_t cols) {  // part j = A W over range j
 #pragma omp parallel for schedule(dynamic, 1) if (nt > 1)

@@ -109,15 +109,18 @@ AL4_INLINE void load_wvec(const bf16_t* p, V& v) {
 AL4_INLINE float load_w1(const float* p) { return *p; }
 AL4_INLINE float load_w1(const bf16_t* p) { return bf16_to_f32(p->bits); }
 
-// c[i][0:ncols] += sum_{k0 <= k < k1} a[i * lda + k] * w[k * ldw + 0:ncols] for i < M (the decode
-// step: a few rows per expert). Weight rows are read whole and in order, four at a time (one
-// sequential stream), with rows kAxpyAhead further on prefetched; the M output rows stay in L1.
-// W: fp32 or bf16 (widened in registers: half the bytes of fp32 read, no packed copy).
+// c[i * ldc + 0:ncols] += sum_{k0 <= k < k1} a[i * lda + k] * w[k * ldw + 0:ncols] for i < M (the
+// decode step: a few rows per expert). Weight rows are read whole and in order, four at a time (one
+// sequential stream), with rows kAxpyAhead further on prefetched; the M output rows stay in L1, ldc
+// apart (callers pad it past ncols: rows 4 KB apart alias in L1 and the store buffer).
+// W: fp32 or bf16 (widened in registers: half the bytes of fp32 read, no packed copy). One weight
+// row per pass (a purely sequential read, which wins in linear_kernel.h's dot products) measured
+// slower here at 1 row (fp32 26 vs 38 GB/s, bf16 no better): each line then costs a c load + store.
 constexpr int64_t kAxpyAhead = 16;  // 8-32 measured alike; none: 15% slower
 
 template <int VW, int M, typename W>
 AL4_INLINE void rows_axpy(const float* a, int64_t lda, int64_t k0, int64_t k1, const W* w, int64_t ldw,
-                          int64_t ncols, float* c) {
+                          int64_t ncols, float* c, int64_t ldc) {
   typedef float vec __attribute__((vector_size(VW * 4)));
   const int64_t nv = ncols / VW * VW;
   int64_t k = k0;
@@ -137,20 +140,20 @@ AL4_INLINE void rows_axpy(const float* a, int64_t lda, int64_t k0, int64_t k1, c
 #pragma GCC unroll 16
       for (int i = 0; i < M; ++i) {
         vec acc;
-        __builtin_memcpy(&acc, c + i * ncols + col, sizeof(vec));
+        __builtin_memcpy(&acc, c + i * ldc + col, sizeof(vec));
         acc += s[i][0] * x[0] + s[i][1] * x[1] + s[i][2] * x[2] + s[i][3] * x[3];
-        __builtin_memcpy(c + i * ncols + col, &acc, sizeof(vec));
+        __builtin_memcpy(c + i * ldc + col, &acc, sizeof(vec));
       }
     }
     for (int64_t col = nv; col < ncols; ++col)
       for (int i = 0; i < M; ++i)
-        c[i * ncols + col] += s[i][0] * load_w1(w0 + col) + s[i][1] * load_w1(w0 + ldw + col) +
-                              s[i][2] * load_w1(w0 + 2 * ldw + col) + s[i][3] * load_w1(w0 + 3 * ldw + col);
+        c[i * ldc + col] += s[i][0] * load_w1(w0 + col) + s[i][1] * load_w1(w0 + ldw + col) +
+                            s[i][2] * load_w1(w0 + 2 * ldw + col) + s[i][3] * load_w1(w0 + 3 * ldw + col);
   }
   for (; k < k1; ++k)
     for (int i = 0; i < M; ++i) {
       const float si = a[i * lda + k];
-      for (int64_t col = 0; col < ncols; ++col) c[i * ncols + col] += si * load_w1(w + k * ldw + col);
+      for (int64_t col = 0; col < ncols; ++col) c[i * ldc + col] += si * load_w1(w + k * ldw + col);
     }
 }
 

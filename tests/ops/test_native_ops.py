@@ -242,3 +242,65 @@ for M, K, n in [(1, 64, 8), (5, 131, 9), (16, 512, 33)]:
 """
     env = {**__import__("os").environ, "AMD_LLAMA4_CPU_ISA": isa}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [1, 31, 32, 33, 63, 65, 1023, 1024, 2048])
+@pytest.mark.parametrize("N", [1, 5, 256])
+def test_linear_one_row(dtype, K, N):
+    """The one-row (batch-1 decode) kernel: bf16 pairs split even/odd with odd K and K below one
+    vector step (tails), N not a multiple of the 4-row groups, bias in the same rounding."""
+    g = torch.Generator().manual_seed(K * 7 + N)
+    x = torch.randn(1, K, generator=g).to(dtype)
+    w = (torch.randn(N, K, generator=g) / K**0.5).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    want = torch.nn.functional.linear(x.float(), w.float(), b.float()).to(dtype)
+    torch.testing.assert_close(native.linear(x, w, b), want, **TOL[dtype])
+    torch.testing.assert_close(native.linear(x, w), torch.nn.functional.linear(x.float(), w.float()).to(dtype),
+                               **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_one_row_decode_calls(dtype):
+    """One token through the decode step's concatenated calls (q|k|v, gate|up): outputs land in
+    their columns, the two threads' ranges spanning weight boundaries; rows 1..8 agree with each
+    other (the one-row and the tiled kernels)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 1024, generator=g).to(dtype)
+    for Ns in ((1024, 256, 256), (2048, 2048), (13, 3, 1)):
+        ws = [(torch.randn(n, 1024, generator=g) / 32).to(dtype) for n in Ns]
+        want = torch.cat([torch.nn.functional.linear(x.float(), w.float()) for w in ws], -1)
+        for M in (1, 2, 3, 8):
+            got = native.linear_concat(x[:M], ws)
+            assert got.shape == (M, sum(Ns)) and got.dtype == dtype
+            torch.testing.assert_close(got.float(), want[:M], **TOL[dtype])
+
+
+def test_linear_one_row_exact_products():
+    """bf16 products are exact in fp32 and summed in fp32, rounded once: values chosen so that every
+    partial sum is exact give the exact answer (a wrong pair order or lane mix-up would not)."""
+    K = 70  # two 32-element steps + a 6-element tail on AVX-512
+    x = torch.arange(1, K + 1, dtype=torch.float32).bfloat16().view(1, K)  # 1..70, exact in bf16
+    w = torch.zeros(3, K, dtype=torch.bfloat16)
+    w[0, ::2] = 1  # even elements only
+    w[1, 1::2] = 1  # odd elements only
+    w[2, -1] = 2
+    got = native.linear(x, w).float()
+    want = torch.tensor([[sum(range(1, K + 1, 2)), sum(range(2, K + 1, 2)), 2 * K]], dtype=torch.float32)
+    torch.testing.assert_close(got, want.bfloat16().float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,same", [(1, False), (2, True), (5, True), (8, False), (8, True)])
+def test_fused_moe_decode_rows(dtype, T, same):
+    """The streamed decode path (<= 16 rows per expert) with several rows on one expert (padded
+    partial-sum rows) or one row per expert, at a cols = 1024 fp32 stride (4 KB rows)."""
+    g = torch.Generator().manual_seed(T)
+    H, inter, E = 1024, 72, 9
+    x = torch.randn(T, H, generator=g).to(dtype)
+    w1 = (torch.randn(E, H, 2 * inter, generator=g) / H**0.5).to(dtype)
+    w2 = (torch.randn(E, inter, H, generator=g) / inter**0.5).to(dtype)
+    ids = (torch.full((T, 1), 4) if same else torch.arange(T).view(T, 1) % E).to(torch.int32)
+    tw = torch.rand(T, 1, generator=g)
+    torch.testing.assert_close(native.fused_moe(x, w1, w2, tw, ids), ops.fused_moe(x, w1, w2, tw, ids, backend="torch"),
+                               **TOL[dtype])
