@@ -19,6 +19,7 @@ namespace py = pybind11;
 namespace al4::cpu {
 void register_int4_ops(py::module_& m);  // int4_linear, dequantize_int4, fused_moe_int4 (cpu/int4_bindings.cpp)
 void register_decode_step(py::module_& m);  // DecodeStep and its model description (cpu/decode_step_bindings.cpp)
+void register_fp8_gemm(py::module_& m);  // fp8_gemm (w8a8), fp8_gemm_isa (cpu/fp8_gemm_bindings.cpp)
 }
 using al4::TensorRef;
 
@@ -321,7 +322,7 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "amd_llama4 native kernels (CPU; HIP/CUDA when built for a GPU). Call through amd_llama4.ops.";
-  py::class_<TensorRef>(m, "TensorRef")
+  py::class_<TensorRef>(m, "TensorRef", py::dynamic_attr())
       .def(py::init([](uintptr_t ptr, int dtype, std::vector<int64_t> shape, std::vector<int64_t> strides, int device,
                        uintptr_t stream, std::string name) {
              TensorRef t;
@@ -359,6 +360,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), nogil);
   al4::cpu::register_int4_ops(m);
   al4::cpu::register_decode_step(m);
+  al4::cpu::register_fp8_gemm(m);
   m.def("build_info", &build_info);
 #ifdef AL4_WITH_CK
   al4::ck_backend::register_ops(m);  // ck_fused_moe*: chosen over fused_moe in amd_llama4/ops/native.py

@@ -4,10 +4,10 @@ GPU path. The eager CPU step spends ~40 us of Python per kernel call, ~114 calls
 described to the extension once (weight pointers and per-layer flags, read from the modules) and
 each decode step is one call that runs the same kernels, with the same roundings, in C++.
 
-Only what the native kernels run is described: float32/bfloat16 activations, dense or int4 (w4a16)
-projections and routed experts, an unquantised KV cache, one rank. Anything else (FP8 weights, an
-fp8 KV cache, tensor/expert parallel, offloaded experts, a backend forced by AMD_LLAMA4_BACKEND)
-keeps the eager step: `unsupported()` says why."""
+Only what the native kernels run is described: float32/bfloat16 activations, dense, int4 (w4a16) or
+FP8 (w8a8, per-channel or block scales) projections and routed experts, an unquantised KV cache, one
+rank. Anything else (an fp8 KV cache, tensor/expert parallel, offloaded experts, a backend forced by
+AMD_LLAMA4_BACKEND) keeps the eager step: `unsupported()` says why."""
 from __future__ import annotations
 
 import os
@@ -22,7 +22,7 @@ _ACT = (torch.float32, torch.bfloat16)
 
 
 def _ref(t: torch.Tensor, name: str):
-    return native._C.TensorRef(t.data_ptr(), native._DTYPE_CODES[t.dtype], t.shape, t.stride(), 0, 0, name)
+    return native._ref(t, name)  # the ref keeps t alive (views such as the experts' scales [E, N])
 
 
 class Unsupported(Exception):
@@ -30,8 +30,9 @@ class Unsupported(Exception):
 
 
 def _weight(mod, name: str, dtype: torch.dtype):
-    """nn.Linear-like module -> _C.StepWeight (dense in the activation dtype, or Int4Linear)."""
+    """nn.Linear-like module -> _C.StepWeight (dense in the activation dtype, Int4Linear, FP8Linear)."""
     from amd_llama4.model.llama4 import Linear
+    from amd_llama4.quant.fp8 import FP8Linear
     from amd_llama4.quant.int4 import Int4Linear
 
     w = native._C.StepWeight()
@@ -51,6 +52,13 @@ def _weight(mod, name: str, dtype: torch.dtype):
         if mod.zeros is not None:
             w.z = _ref(mod.zeros, f"{name}.zeros")
         w.N, w.K = mod.out_features, mod.in_features
+    elif type(mod) is FP8Linear and hasattr(native._C, "fp8_gemm"):
+        for t in (mod.weight, mod.weight_scale):
+            if not t.is_contiguous() or t.device.type != "cpu":
+                raise Unsupported(f"{name}: fp8 tensors must be contiguous CPU tensors")
+        w.fp8, w.q, w.s = True, _ref(mod.weight, f"{name}.weight"), _ref(mod.weight_scale, f"{name}.weight_scale")
+        w.block_n, w.block_k = mod.block or (0, 0)
+        w.N, w.K = mod.out_features, mod.in_features
     else:
         raise Unsupported(f"{name} is a {type(mod).__name__}")
     return w
@@ -58,6 +66,7 @@ def _weight(mod, name: str, dtype: torch.dtype):
 
 def _experts(mod, name: str, dtype: torch.dtype):
     from amd_llama4.model.llama4 import Experts
+    from amd_llama4.quant.fp8 import FP8Experts
     from amd_llama4.quant.int4 import Int4Experts
 
     e = native._C.StepExperts()
@@ -67,6 +76,14 @@ def _experts(mod, name: str, dtype: torch.dtype):
             if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
                 raise Unsupported(f"{name}.{attr} is {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
         e.gate_up, e.down = _ref(mod.gate_up_proj, f"{name}.gate_up_proj"), _ref(mod.down_proj, f"{name}.down_proj")
+    elif type(mod) is FP8Experts:  # w8a8: fused_moe with per-channel scales [E, 1, N] read as [E, N]
+        ts = (mod.gate_up_proj, mod.down_proj, mod.gate_up_proj_scale, mod.down_proj_scale)
+        if not all(t.is_contiguous() and t.device.type == "cpu" for t in ts) or mod.gate_up_proj_scale.dtype != torch.float32:
+            raise Unsupported(f"{name}: fp8 experts must be contiguous CPU tensors with fp32 scales")
+        E = mod.gate_up_proj.shape[0]
+        e.gate_up, e.down = _ref(mod.gate_up_proj, f"{name}.gate_up_proj"), _ref(mod.down_proj, f"{name}.down_proj")
+        e.gate_up_scale = _ref(mod.gate_up_proj_scale.view(E, -1), f"{name}.gate_up_proj_scale")
+        e.down_scale = _ref(mod.down_proj_scale.view(E, -1), f"{name}.down_proj_scale")
     elif type(mod) is Int4Experts:
         e.int4, e.G = True, mod.group_size
         for attr in ("w13_q", "w13_s", "w13_z", "w2_q", "w2_s", "w2_z"):

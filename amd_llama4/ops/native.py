@@ -53,11 +53,16 @@ def info() -> dict:
 
 
 def _ref(t: torch.Tensor, name: str):
-    # called ~300 times per decode step: attribute reads only (is_cuda is also true on ROCm)
+    # called ~300 times per eager decode step: attribute reads only (is_cuda is also true on ROCm).
+    # The ref owns t: a temporary (`_ref(w.contiguous(), ...)` as a call argument) must outlive the
+    # kernel that reads its pointer, not be freed (and its memory reused) when _ref returns.
     if t.is_cuda:
-        return _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride(), 1,
-                            torch.cuda.current_stream(t.device).cuda_stream, name)
-    return _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride(), 0, 0, name)
+        r = _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride(), 1,
+                         torch.cuda.current_stream(t.device).cuda_stream, name)
+    else:
+        r = _C.TensorRef(t.data_ptr(), _DTYPE_CODES[t.dtype], t.shape, t.stride(), 0, 0, name)
+    r.owner = t
+    return r
 
 
 def _device_ok(*ts: torch.Tensor | None) -> bool:
@@ -476,3 +481,41 @@ def _fused_moe_int4_ok(x, w13_q, w13_s, w13_z, w2_q, w2_s, w2_z, topk_weights, t
 if _C is not None and hasattr(_C, "int4_linear"):
     register("int4_linear", "native", supports=_int4_linear_ok)(int4_linear)
     register("fused_moe_int4", "native", supports=_fused_moe_int4_ok)(fused_moe_int4)
+
+
+# ---------------------------------------------------------------- fp8_gemm w8a8 (CPU; ops/fp8_gemm.py)
+
+# Up to this many rows the native kernel streams the fp8 weight once, decoding it in registers (the
+# decode step's FP8Linear projections); larger inputs go to the torch reference (a BLAS GEMM over the
+# dequantised weight: there the arithmetic, not the weight stream, dominates).
+FP8_GEMM_MAX_ROWS = 16
+
+
+def _f32c(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
+def fp8_gemm(a_q: torch.Tensor, a_scale: torch.Tensor, b_q: torch.Tensor, b_scale: torch.Tensor,
+             block: tuple[int, int] | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Native `ops.fp8_gemm.fp8_gemm` (CPU): a_q [M, K], b_q [N, K] fp8 (e4m3fn | e4m3fnuz) -> [M, N] out_dtype."""
+    from amd_llama4.ops.fp8_gemm import check_fp8_gemm_inputs
+
+    check_fp8_gemm_inputs(a_q, a_scale, b_q, b_scale, block)
+    out = torch.empty(a_q.shape[0], b_q.shape[0], dtype=out_dtype)
+    bn, bk = block if block is not None else (0, 0)
+    # Named locals: a TensorRef holds a raw pointer, so a converted copy must outlive the call.
+    a, a_s, b, b_s = a_q.contiguous(), _f32c(a_scale), b_q.contiguous(), _f32c(b_scale)
+    _C.fp8_gemm(_ref(a, "a_q"), _ref(a_s, "a_scale"), _ref(b, "b_q"), _ref(b_s, "b_scale"), int(bn), int(bk),
+                _ref(out, "out"))
+    return out
+
+
+def _fp8_gemm_ok(a_q, a_scale, b_q, b_scale, block=None, out_dtype=torch.bfloat16) -> bool:
+    fp8 = tuple(_FP8.values())
+    return (a_q.dim() == 2 and b_q.dim() == 2 and 1 <= a_q.shape[0] <= FP8_GEMM_MAX_ROWS and a_q.shape[1] > 0
+            and b_q.shape[0] > 0 and a_q.dtype in fp8 and b_q.dtype in fp8 and out_dtype in _ACT_DTYPES
+            and all(t.device.type == "cpu" for t in (a_q, a_scale, b_q, b_scale)))
+
+
+if _C is not None and hasattr(_C, "fp8_gemm"):
+    register("fp8_gemm", "native", supports=_fp8_gemm_ok)(fp8_gemm)

@@ -7,17 +7,25 @@
 #include <cstring>
 #include <string>
 
+#include "fp8_gemm.h"
 #include "int4_ops.h"
 
 namespace al4::cpu {
 
 namespace {
 
-enum Slot { kX, kHn, kCat, kPart, kQ, kK, kV, kAtt, kO, kLogits, kTW, kTID, kGU, kAct, kSh, kRt, kFf, kRope, kHead, kSlots };
+enum Slot { kX, kHn, kCat, kPart, kQ, kK, kV, kAtt, kO, kLogits, kTW, kTID, kGU, kAct, kSh, kRt, kFf, kRope, kHead, kXq, kXs, kSlots };
 
 int64_t dtype_size(int dt) { return dt == kF32 || dt == kI32 ? 4 : dt == kI64 ? 8 : dt == kU8 ? 1 : 2; }
 
 constexpr size_t kNoLayer = ~size_t(0);
+
+bool dense(const StepWeight& w) { return !w.int4 && !w.fp8; }
+
+enum Phase { kPhEmbed, kPhQkv, kPhRopeKv, kPhAttn, kPhO, kPhNorm, kPhShared, kPhRouter, kPhExperts, kPhHead, kPhases };
+const char* kPhaseNames[kPhases] = {"embed+rope table", "qkv proj", "rope/qk-norm/kv write", "attention", "o proj",
+                                    "norms+residual", "shared expert / mlp", "router+topk", "routed experts",
+                                    "lm head"};
 
 std::string where(size_t layer, const char* field) {
   if (layer == kNoLayer) return std::string("decode step: ") + field;
@@ -26,7 +34,11 @@ std::string where(size_t layer, const char* field) {
 
 void check_weight(const StepWeight& w, int64_t K, int dtype, size_t layer, const char* field) {
   check(w.K == K, where(layer, field) + " takes " + std::to_string(w.K) + " inputs, expected " + std::to_string(K));
-  if (w.int4) {
+  if (w.fp8) {
+    check(w.q.ptr && w.s.ptr && (w.q.dtype == kF8E4M3FN || w.q.dtype == kF8E4M3FNUZ) && w.s.dtype == kF32 &&
+              w.q.contiguous() && w.s.contiguous() && w.q.shape == std::vector<int64_t>{w.N, w.K},
+          where(layer, field) + ": fp8 weight must be contiguous [N, K] fp8 with fp32 scales");
+  } else if (w.int4) {
     check(w.q.ptr && w.s.ptr && w.G > 0, where(layer, field) + ": int4 weight without qweight/scales/group size");
     check(w.q.contiguous() && w.s.contiguous() && (!w.z.ptr || w.z.contiguous()),
           where(layer, field) + ": int4 tensors must be contiguous");
@@ -85,6 +97,13 @@ DecodeStep::DecodeStep(TensorRef embed, TensorRef final_norm, TensorRef inv_freq
       if (e.int4)
         check(e.w13_q.ptr && e.w2_q.ptr && e.G > 0 && e.w13_q.size(0) == L.router.N,
               where(l, "experts") + ": int4 experts incomplete or not one per router output");
+      else if (e.gate_up_scale.ptr)
+        check((e.gate_up.dtype == kF8E4M3FN || e.gate_up.dtype == kF8E4M3FNUZ) && e.down.dtype == e.gate_up.dtype &&
+                  e.gate_up.contiguous() && e.down.contiguous() && e.gate_up.dim() == 3 &&
+                  e.gate_up.size(0) == L.router.N && e.gate_up.size(1) == H_ && e.gate_up_scale.dtype == kF32 &&
+                  e.down_scale.ptr && e.down_scale.dtype == kF32,
+              where(l, "experts") + ": fp8 experts must be contiguous [E, H, 2I] / [E, I, H] fp8 with fp32 "
+                                    "per-channel scales");
       else
         check(e.gate_up.dtype == dtype_ && e.down.dtype == dtype_ && e.gate_up.contiguous() && e.down.contiguous() &&
                   e.gate_up.dim() == 3 && e.gate_up.size(0) == L.router.N && e.gate_up.size(1) == H_,
@@ -109,10 +128,36 @@ TensorRef DecodeStep::buf(int slot, std::vector<int64_t> shape, int dtype, const
 
 // out [R, N] = x [R, K] @ W^T.
 void DecodeStep::project(const StepWeight& w, const TensorRef& x, const TensorRef& out) {
-  if (w.int4)
+  if (w.fp8) {  // quantise x per row (or per 1 x bk block) to the weight's format, then w8a8
+    const int64_t R = x.size(0), K = x.size(1), bk = w.block_k > 0 ? w.block_k : K, SC = (K + bk - 1) / bk;
+    TensorRef x3 = x, xq = buf(kXq, {1, R, K}, w.q.dtype, "x_q"), xs = buf(kXs, {1, R, SC}, kF32, "x_scale");
+    x3.shape = {1, R, K};
+    x3.strides = {R * K, K, 1};
+    quantize_fp8(x3, xq, xs, 1, bk, true);
+    xq.shape = {R, K}, xq.strides = {K, 1};
+    xs.shape = {R, SC}, xs.strides = {SC, 1};
+    fp8_gemm(xq, xs, w.q, w.s, w.block_n, w.block_k, out);
+  } else if (w.int4) {
     int4_linear(x, w.q, w.s, w.z.ptr ? &w.z : nullptr, w.G, out);
-  else
+  } else {
     linear(x, {w.w}, {nullptr}, out);
+  }
+}
+
+void DecodeStep::tick(int phase) {
+  if (!profile_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (phase >= 0) prof_[phase] += std::chrono::duration<double>(now - last_).count();
+  last_ = now;
+}
+
+std::vector<std::pair<std::string, double>> DecodeStep::take_profile() {
+  std::vector<std::pair<std::string, double>> out;
+  out.emplace_back("steps", double(prof_steps_));
+  for (int p = 0; p < kPhases; ++p) out.emplace_back(kPhaseNames[p], prof_.empty() ? 0.0 : prof_[p]);
+  prof_.assign(kPhases, 0.0);
+  prof_steps_ = 0;
+  return out;
 }
 
 void DecodeStep::set_lm_head(StepWeight lm_head) {
@@ -140,6 +185,11 @@ void DecodeStep::run(const StepTensors& in, const TensorRef& out, const TensorRe
     check(has_lm_head_ && logits->dtype == kF32 && logits->contiguous() &&
               logits->shape == std::vector<int64_t>{R, lm_head_.N},
           "decode step: logits must be contiguous fp32 [rows, vocab] and the step needs an lm_head");
+  if (profile_) {
+    if (prof_.empty()) prof_.assign(kPhases, 0.0);
+    ++prof_steps_;
+  }
+  tick(-1);
   if (dtype_ == kF32)
     run_typed<float>(in, out);
   else
@@ -147,6 +197,7 @@ void DecodeStep::run(const StepTensors& in, const TensorRef& out, const TensorRe
   if (!logits) return;
   TensorRef head = buf(kHead, {R, lm_head_.N}, dtype_, "lm_head out");
   project(lm_head_, out, head);
+  tick(kPhHead);
   float* lp = logits->data<float>();
   const int64_t n = R * lm_head_.N;
   if (dtype_ == kF32)
@@ -174,19 +225,23 @@ void DecodeStep::run_typed(const StepTensors& in, const TensorRef& out) {
       rope.data<float>()[r * D_ + i] = std::cos(ang);
       rope.data<float>()[r * D_ + D_ / 2 + i] = std::sin(ang);
     }
+  tick(kPhEmbed);
   rms_norm(x, &layers_[0].in_norm, eps_, nullptr, hn, nullptr);
+  tick(kPhNorm);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const StepLayer& L = layers_[l];
     attention<T>(L, in, R);
     TensorRef o = buf(kO, {R, H}, dtype_, "o");
     project(L.o, buf(kAtt, {R, Hq_ * D_}, dtype_, "attn"), o);
+    tick(kPhO);
     rms_norm(o, &L.post_norm, eps_, &x, hn, &x);  // x += attn; h = norm(x)
+    tick(kPhNorm);
     // FFN: the shared expert (or the dense MLP) ...
     const int64_t I = L.gate_up[0].N;
     TensorRef gu = buf(kGU, {R, 2 * I}, dtype_, "gate_up");
-    if (!L.gate_up[0].int4 && !L.gate_up[1].int4) {
+    if (dense(L.gate_up[0]) && dense(L.gate_up[1])) {
       linear(hn, {L.gate_up[0].w, L.gate_up[1].w}, {nullptr, nullptr}, gu);
-    } else {  // int4: each half into a row buffer, then side by side (silu_and_mul reads [gate | up])
+    } else {  // int4 / fp8: each half into a row buffer, then side by side (silu_and_mul reads [gate | up])
       for (int p = 0; p < 2; ++p) {
         TensorRef part = buf(kPart, {R, I}, dtype_, "gate_up part");
         project(L.gate_up[p], hn, part);
@@ -197,6 +252,7 @@ void DecodeStep::run_typed(const StepTensors& in, const TensorRef& out) {
     TensorRef act = buf(kAct, {R, I}, dtype_, "act"), ff = buf(kFf, {R, H}, dtype_, "ffn");
     silu_and_mul(gu, act);
     project(L.down, act, ff);
+    tick(kPhShared);
     if (L.moe) {  // ... plus the routed experts (sigmoid top-k, weight on the input)
       const int64_t E = L.router.N, k = L.top_k;
       TensorRef logits = buf(kLogits, {R, E}, dtype_, "router_logits");
@@ -204,21 +260,26 @@ void DecodeStep::run_typed(const StepTensors& in, const TensorRef& out) {
       TensorRef rt = buf(kRt, {R, H}, dtype_, "routed");
       project(L.router, hn, logits);
       moe_topk_sigmoid(logits, int(k), tw, tid);
+      tick(kPhRouter);
       const StepExperts& e = L.experts;
       if (e.int4)
         fused_moe_int4(hn, e.w13_q, e.w13_s, e.w13_z.ptr ? &e.w13_z : nullptr, e.w2_q, e.w2_s,
                        e.w2_z.ptr ? &e.w2_z : nullptr, tw, tid, e.G, rt);
+      else if (e.gate_up_scale.ptr)
+        fused_moe(hn, e.gate_up, e.down, tw, tid, &e.gate_up_scale, &e.down_scale, rt);
       else
         fused_moe(hn, e.gate_up, e.down, tw, tid, nullptr, nullptr, rt);
       T* f = ff.data<T>();
       const T* q = rt.data<T>();
       for (int64_t i = 0; i < R * H; ++i) store_f32(f, i, load_f32(f, i) + load_f32(q, i));
+      tick(kPhExperts);
     }
     // x += ffn; h = the next layer's input norm of x (the final norm after the last layer)
     if (l + 1 < layers_.size())
       rms_norm(ff, &layers_[l + 1].in_norm, eps_, &x, hn, &x);
     else
       rms_norm(ff, &final_norm_, eps_, &x, out, &x);
+    tick(kPhNorm);
   }
 }
 
@@ -229,7 +290,7 @@ void DecodeStep::attention(const StepLayer& L, const StepTensors& in, int64_t R)
   // q | k | v of each row: one fused call for dense weights, one call each for int4.
   const T* src[3];
   int64_t ld[3];
-  if (!L.qkv[0].int4 && !L.qkv[1].int4 && !L.qkv[2].int4) {
+  if (dense(L.qkv[0]) && dense(L.qkv[1]) && dense(L.qkv[2])) {
     TensorRef cat = buf(kCat, {R, nq + 2 * nkv}, dtype_, "qkv");
     linear(hn, {L.qkv[0].w, L.qkv[1].w, L.qkv[2].w}, {nullptr, nullptr, nullptr}, cat);
     src[0] = cat.data<T>(), src[1] = src[0] + nq, src[2] = src[1] + nkv;
@@ -248,6 +309,7 @@ void DecodeStep::attention(const StepLayer& L, const StepTensors& in, int64_t R)
       col += n;
     }
   }
+  tick(kPhQkv);
   TensorRef q = buf(kQ, {R, Hq_, D}, dtype_, "q"), k = buf(kK, {R, Hkv_, D}, dtype_, "k");
   const float* cs = buf(kRope, {R, D}, kF32, "rope").data<float>();
   const int32_t* pos = in.q_pos.data<int32_t>();
@@ -296,9 +358,11 @@ void DecodeStep::attention(const StepLayer& L, const StepTensors& in, int64_t R)
     std::memcpy(L.k_cache.data<T>() + slot * nkv, k.data<T>() + r * nkv, size_t(nkv) * sizeof(T));
     std::memcpy(L.v_cache.data<T>() + slot * nkv, src[2] + r * ld[2], size_t(nkv) * sizeof(T));
   }
+  tick(kPhRopeKv);
   paged_attention(q, L.k_cache, L.v_cache, in.tables[L.kind], in.cu_seqlens, in.seq_lens[L.kind],
                   in.first_pos[L.kind], in.q_pos, L.scale, L.chunk, nullptr, nullptr,
                   buf(kAtt, {R, Hq_, D}, dtype_, "attn"));
+  tick(kPhAttn);
 }
 
 }  // namespace al4::cpu

@@ -6,25 +6,32 @@
 // (weights, per-layer flags) by amd_llama4/engine/cpu_decode.py; each step passes its inputs.
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu_ops.h"
 
 namespace al4::cpu {
 
-// One projection: dense W [N, K] in the activation dtype, or int4 (q [N, K/2], scales, zeros, G).
+// One projection: dense W [N, K] in the activation dtype; int4 (q [N, K/2], scales, zeros, G); or
+// fp8 w8a8 (q [N, K] fp8, s [N, 1] | [1, 1] | [N/bn, K/bk] fp32; the input quantised per row, or per
+// 1 x bk block, to q's format, as quant/fp8.py's FP8Linear does).
 struct StepWeight {
-  bool int4 = false;
-  TensorRef w, q, s, z;  // w: dense; q, s, z (z.ptr == 0: symmetric): int4
+  bool int4 = false, fp8 = false;
+  TensorRef w, q, s, z;  // w: dense; q, s, z (z.ptr == 0: symmetric): int4; q, s: fp8
   int64_t G = 0;
+  int64_t block_n = 0, block_k = 0;  // fp8 block scales (0: per channel / tensor)
   int64_t N = 0, K = 0;
 };
 
-// Routed experts: dense gate_up [E, H, 2I] / down [E, I, H], or int4 w13 [E, 2I, ...] / w2 [E, H, ...].
+// Routed experts: dense gate_up [E, H, 2I] / down [E, I, H] (fp8: with per-channel scales
+// gate_up_scale [E, 2I], down_scale [E, H]), or int4 w13 [E, 2I, ...] / w2 [E, H, ...].
 struct StepExperts {
   bool int4 = false;
-  TensorRef gate_up, down;
+  TensorRef gate_up, down, gate_up_scale, down_scale;  // *_scale.ptr != 0: fp8 experts
   TensorRef w13_q, w13_s, w13_z, w2_q, w2_s, w2_z;  // *_z.ptr == 0: symmetric
   int64_t G = 0;
 };
@@ -62,6 +69,10 @@ class DecodeStep {
   // ([R, V] fp32), also lm_head(out) rounded to the activation dtype and widened (compute_logits).
   void run(const StepTensors& in, const TensorRef& out, const TensorRef* logits);
   void set_lm_head(StepWeight lm_head);
+  // Wall time per phase of the steps run since the last call (profiling on), then reset; names in
+  // kPhaseNames (decode_step.cpp). For perf/bench_decode_step.py: where a token's time goes.
+  void set_profile(bool on) { profile_ = on; }
+  std::vector<std::pair<std::string, double>> take_profile();
   int64_t max_rows() const { return max_rows_; }
 
  private:
@@ -80,6 +91,11 @@ class DecodeStep {
   StepWeight lm_head_;
   bool has_lm_head_ = false;
   std::vector<std::vector<uint8_t>> scratch_;
+  void tick(int phase);
+  bool profile_ = false;
+  std::vector<double> prof_;
+  int64_t prof_steps_ = 0;
+  std::chrono::steady_clock::time_point last_;
 };
 
 }  // namespace al4::cpu

@@ -13,6 +13,9 @@ void register_decode_step(py::module_& m) {
   py::class_<StepWeight>(m, "StepWeight")
       .def(py::init<>())
       .def_readwrite("int4", &StepWeight::int4)
+      .def_readwrite("fp8", &StepWeight::fp8)
+      .def_readwrite("block_n", &StepWeight::block_n)
+      .def_readwrite("block_k", &StepWeight::block_k)
       .def_readwrite("w", &StepWeight::w)
       .def_readwrite("q", &StepWeight::q)
       .def_readwrite("s", &StepWeight::s)
@@ -25,6 +28,8 @@ void register_decode_step(py::module_& m) {
       .def_readwrite("int4", &StepExperts::int4)
       .def_readwrite("gate_up", &StepExperts::gate_up)
       .def_readwrite("down", &StepExperts::down)
+      .def_readwrite("gate_up_scale", &StepExperts::gate_up_scale)
+      .def_readwrite("down_scale", &StepExperts::down_scale)
       .def_readwrite("w13_q", &StepExperts::w13_q)
       .def_readwrite("w13_s", &StepExperts::w13_s)
       .def_readwrite("w13_z", &StepExperts::w13_z)
@@ -70,6 +75,8 @@ void register_decode_step(py::module_& m) {
       .def("run", &DecodeStep::run, py::arg("inputs"), py::arg("out"), py::arg("logits").none(true) = nullptr,
            py::call_guard<py::gil_scoped_release>())
       .def("set_lm_head", &DecodeStep::set_lm_head, py::arg("lm_head"))
+      .def("set_profile", &DecodeStep::set_profile, py::arg("on"))
+      .def("take_profile", &DecodeStep::take_profile)
       .def_property_readonly("max_rows", &DecodeStep::max_rows);
 }
 

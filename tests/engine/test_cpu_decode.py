@@ -17,7 +17,7 @@ from paged_decode_helpers import PROMPTS, drive
 pytestmark = pytest.mark.skipif(not native.available(), reason="needs the native extension")
 
 
-def _model(name="tiny-scout", dtype=torch.float32, int4=None, **cfg):
+def _model(name="tiny-scout", dtype=torch.float32, int4=None, fp8=None, **cfg):
     # chunk 8 with block 3: chunks end mid-block; floor_scale 4: the NoPE temperature moves every 4 tokens
     cfg = preset(name, attention_chunk_size=8, floor_scale=4, **cfg)
     m = Llama4ForCausalLM(cfg).init_random(seed=5, std=0.08).eval().to(dtype)
@@ -25,6 +25,10 @@ def _model(name="tiny-scout", dtype=torch.float32, int4=None, **cfg):
         from amd_llama4.quant.int4 import quantize_model_int4
 
         quantize_model_int4(m, int4)
+    if fp8 is not None:
+        from amd_llama4.quant.fp8 import quantize_model
+
+        quantize_model(m, fp8)
     return m
 
 
@@ -49,6 +53,9 @@ CASES = {
     "scout-int4-g32-f32": dict(name="tiny-scout", dtype=torch.float32, int4=QuantConfig(method="int4", group_size=32)),
     "maverick-int4-zp-bf16": dict(name="tiny-maverick", dtype=torch.bfloat16,
                                   int4=QuantConfig(method="int4", group_size=32, zero_point=True)),
+    "scout-fp8-bf16": dict(name="tiny-scout", dtype=torch.bfloat16, fp8=QuantConfig(method="fp8", fp8_format="e4m3fn")),
+    "maverick-fp8fnuz-block-f32": dict(name="tiny-maverick", dtype=torch.float32,
+                                       fp8=QuantConfig(method="fp8", fp8_format="e4m3fnuz", weight_block=(32, 32))),
 }
 
 
@@ -64,8 +71,12 @@ def test_native_decode_matches_eager(case, monkeypatch):
     ref, got = drive(model, [(eager, caches[0]), (fast, caches[1])], PROMPTS, 12, drop_after={5: 1, 9: 0})
     assert calls == [3] * 5 + [2] * 4 + [1] * 3  # every decode step natively, prefill eager
     # Same kernels and roundings: bit-identical on this machine. The tolerance leaves room for libm
-    # and torch disagreeing by an ulp on a RoPE angle's cos/sin (one bf16 ulp downstream).
+    # and torch disagreeing by an ulp on a RoPE angle's cos/sin (one bf16 ulp downstream), and for
+    # fp8 for an eager fp8_gemm from another backend (summation order, then an fp8 requantisation
+    # of the next input can move by one fp8 step)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    if "fp8" in spec:
+        tol = dict(atol=5e-2, rtol=5e-2)
     for step, (a, b) in enumerate(zip(ref, got)):
         torch.testing.assert_close(b, a, **tol, msg=lambda m: f"{case} decode step {step}: {m}")
     for kind in caches[0].kinds:  # the native step wrote the same K/V into the same slots
@@ -143,3 +154,27 @@ def test_hidden_states_and_logits_of_one_step(dtype):
     assert logits.dtype == torch.float32 and logits.shape == (3, model.config.vocab_size)
     picked = fast.execute(items, rows=[2, 0])  # a subset of rows: hidden states, then the model's head
     torch.testing.assert_close(picked, head[[2, 0]], atol=0, rtol=0)
+
+
+def test_profile_counts_steps_and_phases():
+    """perf/bench_decode_step.py's breakdown: every step counted, every phase timed, reset on take."""
+    model = _model(name="tiny-maverick")
+    eager, fast, caches = _runners(model, torch.float32)
+    fast.native_step.step.set_profile(True)
+    drive(model, [(fast, caches[1])], PROMPTS, 3)
+    prof = dict(fast.native_step.step.take_profile())
+    assert prof.pop("steps") == 3
+    assert set(prof) >= {"qkv proj", "attention", "routed experts", "shared expert / mlp", "lm head"}
+    assert all(v > 0 for v in prof.values()), prof
+    assert dict(fast.native_step.step.take_profile())["steps"] == 0
+    sys_path = __import__("sys").path
+    sys_path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "perf"))
+    try:
+        import bench_decode_step
+    finally:
+        sys_path.pop(0)
+    b = bench_decode_step.phase_bytes(model)  # dense layers count their MLP, MoE layers top-k experts
+    cfg = model.config
+    expert = 3 * cfg.hidden_size * cfg.intermediate_size * 4
+    assert b["routed experts"] == cfg.num_experts_per_tok * expert * (cfg.num_hidden_layers // 2)
+    assert b["lm head"] == cfg.vocab_size * cfg.hidden_size * 4
