@@ -2,6 +2,14 @@
 linear) at decode row counts, and the native int4 fused MoE against the bf16 native fused MoE.
 
   python perf/bench_int4.py [--rows 1,4,8,32 --shapes 4096x4096,5120x1024 --group-size 128 --stat min]
+  python perf/bench_int4.py --stream-only [--stream-shapes 1024x1024,1024x256,1024x4096,2048x1024]
+
+`--stream-only` (also run by default, after the others): the decode shapes of perf/local_model.py at
+1, 2, 4, 8 rows, group 32 and 128, symmetric and zero-point, bf16 and fp32 activations; GB/s over the
+bytes the kernel reads (nibbles + bf16 scales (+ zeros)) and its ratio to a plain streaming read of
+the same number of bytes (one torch sum over a buffer of that size per weight), measured in the same
+process, same pool, same threads. The kernel is called through amd_llama4._C directly (the refs
+built once), so that the Python launcher's checks do not count.
 
 Weights are cycled through a pool larger than the last-level cache (a decode step streams every
 layer's weights from DRAM). Prints the median time per call and `bf16/int4` (> 1: int4 faster);
@@ -83,6 +91,38 @@ def bench_moe(a, g) -> list[dict]:
     return out
 
 
+def bench_stream(a, g) -> list[dict]:
+    """int4_linear GB/s against a streaming read of the same bytes (see the module docstring)."""
+    C, r = native._C, native._ref
+    out = []
+    for shape in a.stream_shapes.split(","):
+        K, N = (int(v) for v in shape.split("x"))
+        for G in (int(v) for v in a.stream_groups.split(",")):
+            for zp in (False, True):
+                q0, s0, z0 = I.quantize_int4((torch.randn(N, K, generator=g) * K ** -0.5).bfloat16(), G, not zp)
+                nbytes = sum(t.numel() * t.element_size() for t in (q0, s0, z0) if t is not None)
+                # distinct copies (random nibbles) cycled, their bytes well over the last-level cache
+                pool = [(torch.randint(0, 256, q0.shape, dtype=torch.uint8, generator=g), s0.clone(),
+                         None if z0 is None else z0.clone()) for _ in range(max(2, a.pool_mb * 2**20 // nbytes))]
+                flat = [torch.empty(nbytes // 4, dtype=torch.float32).uniform_(generator=g) for _ in pool]
+                for dt in (torch.bfloat16, torch.float32):
+                    for M in (int(v) for v in a.stream_rows.split(",")):
+                        x = torch.randn(M, K, generator=g).to(dt)
+                        o = torch.empty(M, N, dtype=dt)
+                        xr, orf = r(x, "x"), r(o, "out")
+                        refs = [(r(q, "qweight"), r(s, "scales"), None if z is None else r(z, "zeros")) for q, s, z in pool]
+                        t4 = cold_timer(lambda q, s, z: C.int4_linear(xr, q, s, z, G, orf), refs, a.iters)
+                        ts = cold_timer(lambda f: f.sum(), [(f,) for f in flat], a.iters)
+                        res = {"K": K, "N": N, "group_size": G, "zero_point": zp, "dtype": str(dt).split(".")[1],
+                               "rows": M, "int4_us": t4 * 1e6, "int4_GBps": nbytes / t4 / 1e9,
+                               "stream_GBps": nbytes / ts / 1e9, "of_stream": ts / t4}
+                        out.append(res)
+                        print(f"stream K {K:5d} N {N:5d} G {G:3d} {'zp ' if zp else 'sym'} {res['dtype']:8s} rows {M}: "
+                              f"int4 {res['int4_us']:7.1f} us {res['int4_GBps']:5.1f} GB/s | read {res['stream_GBps']:5.1f} "
+                              f"GB/s | {100 * res['of_stream']:4.0f}% of the read", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1,4,8,32")
@@ -94,6 +134,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--pool-mb", type=int, default=128, help="bf16 weight bytes cycled through")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--stat", choices=("median", "min"), default="median")
+    ap.add_argument("--stream-only", action="store_true", help="only the streaming-read comparison")
+    ap.add_argument("--stream-shapes", default="1024x1024,1024x256,1024x4096,2048x1024", help="K x N list")
+    ap.add_argument("--stream-rows", default="1,2,4,8")
+    ap.add_argument("--stream-groups", default="32,128")
     a = ap.parse_args(argv)
     global STAT
     STAT = min if a.stat == "min" else statistics.median
@@ -103,7 +147,9 @@ def main(argv=None) -> dict:
     print(f"cpu_isa={info['cpu_isa']} int4_isa={native._C.int4_isa()} threads={info['openmp_threads']} "
           f"torch_threads={torch.get_num_threads()} group_size={a.group_size} zero_point={a.zero_point} stat={a.stat}")
     g = torch.Generator().manual_seed(0)
-    return {"linear": bench_linear(a, g), "moe": bench_moe(a, g)}
+    if a.stream_only:
+        return {"stream": bench_stream(a, g)}
+    return {"linear": bench_linear(a, g), "moe": bench_moe(a, g), "stream": bench_stream(a, g)}
 
 
 if __name__ == "__main__":

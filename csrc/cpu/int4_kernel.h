@@ -1,15 +1,17 @@
-// int4 weight-only (w4a16) CPU building blocks shared by int4_linear.cpp and int4_moe.cpp.
+// int4 weight-only (w4a16) CPU building blocks shared by int4_linear.cpp, int4_moe.cpp and the
+// AVX-512 BF16 body (int4_avx512.cpp).
 // Layout (amd_llama4/ops/int4.py): W [N, K] as q uint8 [N, K/2] (k = 2j low nibble, 2j+1 high),
 // scales [N, K/G] fp32|bf16|fp16, zeros uint8 [N, K/G] or none (zero point 8);
 // W[n, k] = (q[n, k] - z[n, k/G]) * s[n, k/G].
 //
-// Activations are handed to the kernels "nibble-permuted": within each block of 32 columns, the 16
-// even columns first, then the 16 odd ones. Then the low nibbles of 16 packed bytes multiply 16
-// consecutive floats and the high nibbles the next 16: no shuffles in the inner loop. G >= 32, so a
-// block never straddles two groups.
+// A kernel body is a pair: `prep` lays the M activation rows out once per call in the order its
+// inner loop reads them (so that unpacked nibbles meet their activations without shuffles), then
+// `rows` computes weight rows [n0, n1) from that layout, one call per thread.
 #pragma once
 
 #include <stdint.h>
+
+#include <vector>
 
 #include "al4_tensor.h"
 
@@ -41,23 +43,48 @@ inline float int4_scale(const Int4W& w, int64_t i) {
 
 inline float int4_zero(const Int4W& w, int64_t i) { return w.z ? float(w.z[i]) : 8.0f; }
 
-// xp[32c + t] = x[32c + 2t], xp[32c + 16 + t] = x[32c + 2t + 1] (t < 16), K % 32 == 0; x as fp32.
-template <typename T>
-inline void int4_permute_row(const T* x, int64_t K, float* xp) {
-  for (int64_t c = 0; c < K; c += 32)
-    for (int t = 0; t < 16; ++t) {
-      xp[c + t] = load_f32(x, c + 2 * t);
-      xp[c + 16 + t] = load_f32(x, c + 2 * t + 1);
-    }
-}
-inline void int4_permute_row(const float* x, int64_t K, float* xp) { int4_permute_row<float>(x, K, xp); }
+// M activation rows of width K (row stride ld elements), fp32 or bf16. `bf16_values`: fp32 rows
+// whose values the caller already rounded to bf16 (the MoE's rounded intermediates), which a bf16
+// body may then take as bf16, exactly.
+struct Int4In {
+  const void* x = nullptr;
+  int dtype = kF32;
+  int64_t M = 0, K = 0, ld = 0;
+  bool bf16_values = false;
+};
 
-// y[i * ldy + n] = sum_k x_i[k] W[n, k] for rows i < M and weight rows n in [n0, n1); xp: M
-// permuted fp32 rows, row stride ldx. The AVX-512 / AVX2 / portable body is chosen at run time.
-using Int4RowsFn = void (*)(const Int4W& w, const float* xp, int64_t M, int64_t ldx, float* y, int64_t ldy,
-                            int64_t n0, int64_t n1);
-Int4RowsFn int4_rows_fn();
-const char* int4_isa();
+// The rows as a body's prep laid them out: row m at data + m * row_bytes, in the body's own format.
+struct Int4Act {
+  const char* data = nullptr;
+  int64_t M = 0, K = 0, row_bytes = 0;
+  bool bf16 = false;            // AVX-512 body: bf16 values (for vdpbf16ps), else fp32
+  const float* xsum = nullptr;  // [M, NG] sums of x per weight group (zero-point weights), else null
+  int64_t NG = 0;
+};
+
+// Rows [first, first + count) of a prepared activation (the MoE's rows of one expert).
+inline Int4Act int4_act_rows(const Int4Act& a, int64_t first, int64_t count) {
+  Int4Act r = a;
+  r.data = a.data + first * a.row_bytes;
+  r.xsum = a.xsum ? a.xsum + first * a.NG : nullptr;
+  r.M = count;
+  return r;
+}
+
+// prep(in, G, zero_point, scratch) -> the rows' layout (kept in scratch); rows: y[i * ldy + n] =
+// sum_k x_i[k] W[n, k] for all M rows and weight rows n in [n0, n1).
+struct Int4Kernel {
+  const char* name;
+  Int4Act (*prep)(const Int4In& in, int64_t G, bool zero_point, std::vector<char>& scratch);
+  void (*rows)(const Int4W& w, const Int4Act& a, float* y, int64_t ldy, int64_t n0, int64_t n1);
+};
+
+// The body for this CPU: AVX-512 (BF16 or not), else AVX2, else portable (AMD_LLAMA4_CPU_ISA forces
+// the lower ones).
+const Int4Kernel& int4_kernel();
+const char* int4_isa();  // "avx512bf16", "avx512", "avx2", "portable"
+// The AVX-512 body (int4_avx512.cpp), or null when the CPU (or the compiler) has no AVX-512.
+const Int4Kernel* int4_kernel_avx512();
 
 // Weight rows per kernel tile (thread ranges are whole tiles).
 constexpr int64_t kInt4NB = 4;

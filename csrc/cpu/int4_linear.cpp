@@ -1,14 +1,14 @@
 // int4 weight-only linear on CPU: out[M, N] = x[M, K] @ dequant(W)[N, K]^T. Built for the decode
 // step, where the product is a weight stream and int4 reads a quarter of bf16's bytes: the packed
-// nibbles are dequantised in registers, never written out. AVX-512: per group and weight row one
-// 16-float table (q - z) * s, and vpermps turns 16 nibbles into 16 dequantised weights exactly as
-// the reference computes them (one rounding). AVX2: (float(q) - z) * s. Portable: a scalar table.
-// A tile of NB weight rows x MB activation rows keeps MB*NB vector accumulators, fp32 throughout.
+// nibbles are dequantised in registers, never written out. The body is chosen once per process
+// (int4_kernel): AVX-512 BF16 (int4_avx512.cpp; vdpbf16ps on exact bf16 nibble values, the scale
+// applied once per block of a group), else the AVX2 and portable bodies here: fp32 throughout, a
+// tile of NB weight rows x MB activation rows in vector accumulators; AVX2: (float(q) - z) * s,
+// portable: a scalar table (q - z) * s per group.
 // Prefill-sized inputs (more than a few rows) are dequantised here and multiplied by torch's BLAS
 // (amd_llama4/ops/native.py): there the arithmetic, not the weight stream, dominates.
 #include <algorithm>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "cpu_ops.h"
@@ -28,63 +28,12 @@ namespace {
 
 constexpr int NB = int(kInt4NB);
 
-// ---------------------------------------------------------------- AVX-512
+// ---------------------------------------------------------------- AVX-512 (dequantise only)
 
 #ifdef AL4_INT4_X86
-// Groups [g0, g1) of the K loop; `add`: accumulate into y (a later K chunk) instead of storing.
-template <int MB>
-AL4_V4 inline void tile_v4(const Int4W& w, const float* xp, int64_t ldx, float* y, int64_t ldy, int64_t n,
-                           int64_t n1, int64_t g0, int64_t g1, bool add) {
-  const int64_t KB = w.K / 2, NG = w.K / w.G, BPG = w.G / 32;
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  int64_t row[NB];
-  const uint8_t* q[NB];
-  for (int j = 0; j < NB; ++j) {
-    row[j] = std::min<int64_t>(n + j, n1 - 1);  // past the end: a valid row whose output is dropped
-    q[j] = w.q + row[j] * KB;
-  }
-  __m512 acc[MB][NB];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t g = g0; g < g1; ++g) {
-    __m512 tab[NB];
-    for (int j = 0; j < NB; ++j) {
-      const int64_t si = row[j] * NG + g;
-      tab[j] = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(int4_zero(w, si))), _mm512_set1_ps(int4_scale(w, si)));
-    }
-    for (int64_t b = g * BPG; b < (g + 1) * BPG; ++b) {
-      __m512 wl[NB], wh[NB];
-      for (int j = 0; j < NB; ++j) {
-        const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q[j] + b * 16)));
-        wl[j] = _mm512_permutexvar_ps(d, tab[j]);  // vpermps reads the low 4 bits of each index
-        wh[j] = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), tab[j]);
-      }
-      for (int i = 0; i < MB; ++i) {
-        const __m512 xe = _mm512_loadu_ps(xp + i * ldx + b * 32), xo = _mm512_loadu_ps(xp + i * ldx + b * 32 + 16);
-        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(xo, wh[j], _mm512_fmadd_ps(xe, wl[j], acc[i][j]));
-      }
-    }
-  }
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j)
-      if (n + j < n1) y[i * ldy + n + j] = _mm512_reduce_add_ps(acc[i][j]) + (add ? y[i * ldy + n + j] : 0.0f);
-}
-
-AL4_V4 void rows_v4(const Int4W& w, const float* xp, int64_t M, int64_t ldx, float* y, int64_t ldy, int64_t n0,
-                    int64_t n1) {
-  // The weight tile stays in L1 across the row blocks. (Chunking K so that x stays in L1 instead
-  // measured slower at 8-16 rows: the weights are then streamed once per row block.)
-  const int64_t NG = w.K / w.G;
-  for (int64_t n = n0; n < n1; n += NB) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) tile_v4<4>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1, 0, NG, false);
-    for (; m + 2 <= M; m += 2) tile_v4<2>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1, 0, NG, false);
-    for (; m < M; ++m) tile_v4<1>(w, xp + m * ldx, ldx, y + m * ldy, ldy, n, n1, 0, NG, false);
-  }
-}
-
 // Dequantise weight rows [r0, r1) into out [N, K] fp32 or bf16 (round to nearest even; the values
-// are finite). vpermps table lookups as in tile_v4, then the low / high nibble results interleaved.
+// are finite). Per group and row a 16-float table (q - z) * s that vpermps indexes with the
+// nibbles (exactly the reference's one rounding), then the low / high nibble results interleaved.
 AL4_V4 void dequant_rows_v4(const Int4W& w, int64_t r0, int64_t r1, void* out, bool bf16) {
   const int64_t KB = w.K / 2, NG = w.K / w.G, BPG = w.G / 32;
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -208,7 +157,38 @@ void rows_base(const Int4W& w, const float* xp, int64_t M, int64_t ldx, float* y
   }
 }
 
-// Rows of x per int4 decode: above, the launcher sends the product to dequantise + BLAS.
+// The AVX2 and portable bodies' layout: fp32 rows "nibble-permuted": within each block of 32
+// columns the 16 even columns first, then the 16 odd ones, so that the low nibbles of 16 packed
+// bytes multiply 16 consecutive floats and the high nibbles the next 16 (G >= 32: a block never
+// straddles two groups). Those bodies apply zero points themselves.
+Int4Act prep_f32(const Int4In& in, int64_t, bool, std::vector<char>& scratch) {
+  const int64_t M = in.M, K = in.K;
+  scratch.resize(size_t(M * K) * sizeof(float));
+  float* xp = reinterpret_cast<float*>(scratch.data());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < K; c += 32)
+      for (int t = 0; t < 16; ++t) {
+        const int64_t i = m * in.ld + c + 2 * t;
+        float* d = xp + m * K + c;
+        if (in.dtype == kBF16) {
+          d[t] = load_f32(static_cast<const bf16_t*>(in.x), i);
+          d[16 + t] = load_f32(static_cast<const bf16_t*>(in.x), i + 1);
+        } else {
+          d[t] = static_cast<const float*>(in.x)[i];
+          d[16 + t] = static_cast<const float*>(in.x)[i + 1];
+        }
+      }
+  Int4Act a;
+  a.data = scratch.data();
+  a.M = M, a.K = K, a.row_bytes = K * int64_t(sizeof(float));
+  return a;
+}
+
+template <void (*F)(const Int4W&, const float*, int64_t, int64_t, float*, int64_t, int64_t, int64_t)>
+void rows_f32(const Int4W& w, const Int4Act& a, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  F(w, reinterpret_cast<const float*>(a.data), a.M, a.row_bytes / int64_t(sizeof(float)), y, ldy, n0, n1);
+}
+
 Int4W weight_of(const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G, int64_t e = -1) {
   Int4W w;
   const int64_t N = q.size(-2), K = q.size(-1) * 2, NG = K / G;
@@ -223,52 +203,50 @@ Int4W weight_of(const TensorRef& q, const TensorRef& s, const TensorRef* z, int6
 
 }  // namespace
 
-Int4RowsFn int4_rows_fn() {
+const Int4Kernel& int4_kernel() {
+  static const Int4Kernel* k = [] {
+    if (const Int4Kernel* b = int4_kernel_avx512()) return b;
 #ifdef AL4_INT4_X86
-  const int level = cpu_isa_level();
-  if (level >= 4) return rows_v4;
-  if (level >= 3) return rows_v3;
+    static const Int4Kernel v3{"avx2", prep_f32, rows_f32<rows_v3>};
+    if (cpu_isa_level() >= 3) return &v3;
 #endif
-  return rows_base;
+    static const Int4Kernel base{"portable", prep_f32, rows_f32<rows_base>};
+    return &base;
+  }();
+  return *k;
 }
 
-const char* int4_isa() {
-  static const Int4RowsFn fn = int4_rows_fn();
-#ifdef AL4_INT4_X86
-  if (fn == rows_v4) return "avx512";
-  if (fn == rows_v3) return "avx2";
-#endif
-  return fn == rows_base ? "portable" : "?";
-}
+const char* int4_isa() { return int4_kernel().name; }
 
 Int4W int4_weight(const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G, int64_t e) {
   return weight_of(q, s, z, G, e);
 }
 
+// x: [M, K] fp32|bf16 (M: a decode step's rows; prefill goes to dequantise + BLAS, ops/native.py).
 void int4_linear(const TensorRef& x, const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G,
                  const TensorRef& out) {
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   const Int4W w = weight_of(q, s, z, G);
-  std::vector<float> xp(size_t(M * K)), yf;
-  float* y = nullptr;
-  dispatch_act(x, "int4_linear", [&](auto tag) {
-    using T = decltype(tag);
-    for (int64_t m = 0; m < M; ++m) int4_permute_row(x.data<T>() + m * K, K, xp.data() + m * K);
-    if constexpr (std::is_same_v<T, float>) {
-      y = out.data<float>();
-    } else {
-      yf.resize(size_t(M * N));
-      y = yf.data();
-    }
-  });
-  static const Int4RowsFn rows = int4_rows_fn();
+  const Int4Kernel& kern = int4_kernel();
+  thread_local std::vector<char> scratch;  // reused: no allocation per decode-step call
+  thread_local std::vector<float> yf;
+  Int4In in;
+  in.x = reinterpret_cast<const void*>(x.ptr), in.dtype = x.dtype, in.M = M, in.K = K, in.ld = K;
+  check(x.dtype == kF32 || x.dtype == kBF16, std::string("int4_linear: ") + x.name + " has unsupported dtype " +
+                                                 dtype_name(x.dtype) + " (CPU path: float32, bfloat16)");
+  const Int4Act a = kern.prep(in, G, z != nullptr, scratch);
+  float* y = out.data<float>();
+  if (x.dtype == kBF16) {
+    yf.resize(size_t(M * N));
+    y = yf.data();
+  }
   const int64_t tiles = ceil_div(N, kInt4NB);
   const int64_t threads = int64_t(omp_get_max_threads());
   const int64_t chunks = N * K * std::max<int64_t>(M, 4) > (1 << 16) ? std::min(tiles, threads) : 1;
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
-    if (t0 < t1) rows(w, xp.data(), M, K, y, N, t0 * kInt4NB, std::min(N, t1 * kInt4NB));
+    if (t0 < t1) kern.rows(w, a, y, N, t0 * kInt4NB, std::min(N, t1 * kInt4NB));
   }
   if (x.dtype == kBF16) {
     bf16_t* o = out.data<bf16_t>();

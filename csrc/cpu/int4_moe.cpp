@@ -1,8 +1,9 @@
 // int4 fused MoE on CPU (contract: amd_llama4/ops/int4.py `fused_moe_int4`). Tokens are grouped by
 // expert (a stable counting sort of the T*k routed slots); each expert with tokens runs its rows
-// through the int4 row kernel of int4_linear.cpp twice (gate_up, then down), the packed weights
-// dequantised in registers. Work is split over (expert, tile of weight rows) pairs in one job list,
-// so a decode step's single expert still keeps every thread busy. As the reference: the routing
+// through the int4 kernel body (int4_kernel(): int4_avx512.cpp or int4_linear.cpp) twice (gate_up,
+// then down), the packed weights dequantised in registers; the activations are laid out for the
+// body once per GEMM (prep), for all experts. Work is split over (expert, tile of weight rows)
+// pairs in one job list, so a decode step's single expert still keeps every thread busy. As the reference: the routing
 // weight scales the expert input in fp32, rounded to x's dtype; silu(gate) * up is rounded to x's
 // dtype; the k slots of a token are summed in fp32 and rounded once.
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "cpu_ops.h"
+#include "int4_kernel.h"
 #include "int4_ops.h"
 
 namespace al4::cpu {
@@ -22,10 +24,10 @@ struct ExpertRows {
   int64_t e, first, count;  // rows [first, first + count) of the expert-sorted slots
 };
 
-// y[rows of expert e] = x[rows] @ W_e^T for every expert in `groups`; W_e [N, K] from (q, s, z).
-void run_experts(const std::vector<ExpertRows>& groups, const TensorRef& q, const TensorRef& s, const TensorRef* z,
-                 int64_t G, const float* xp, int64_t K, float* y, int64_t N) {
-  static const Int4RowsFn rows = int4_rows_fn();
+// y[rows of expert e] = x[rows] @ W_e^T for every expert in `groups`; W_e [N, K] from (q, s, z);
+// `a`: all rows, prepared by the kernel body, expert-sorted.
+void run_experts(const Int4Kernel& kern, const std::vector<ExpertRows>& groups, const TensorRef& q,
+                 const TensorRef& s, const TensorRef* z, int64_t G, const Int4Act& a, int64_t K, float* y, int64_t N) {
   const int64_t per = ceil_div(N, kInt4NB);  // tiles per expert
   const int64_t tiles = per * int64_t(groups.size());
   int64_t work = 0;
@@ -37,10 +39,10 @@ void run_experts(const std::vector<ExpertRows>& groups, const TensorRef& q, cons
     const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
     for (int64_t t = t0; t < t1;) {
       const ExpertRows& g = groups[size_t(t / per)];
-      const int64_t a = t % per, b = std::min(per, a + (t1 - t));  // this expert's tiles in the chunk
+      const int64_t lo = t % per, hi = std::min(per, lo + (t1 - t));  // this expert's tiles in the chunk
       const Int4W w = int4_weight(q, s, z, G, g.e);
-      rows(w, xp + g.first * K, g.count, K, y + g.first * N, N, a * kInt4NB, std::min(N, b * kInt4NB));
-      t += b - a;
+      kern.rows(w, int4_act_rows(a, g.first, g.count), y + g.first * N, N, lo * kInt4NB, std::min(N, hi * kInt4NB));
+      t += hi - lo;
     }
   }
 }
@@ -70,30 +72,27 @@ void moe_typed(const TensorRef& x, const TensorRef& w13_q, const TensorRef& w13_
 
   const bool par = n * (H + I) > (1 << 15);
   const auto sz = [](int64_t v) { return static_cast<size_t>(v); };
-  std::vector<float> xin(sz(n * H)), gu(sz(n * 2 * I)), hp(sz(n * I)), y(sz(n * H));
+  std::vector<float> xin(sz(n * H)), gu(sz(n * 2 * I)), h(sz(n * I)), y(sz(n * H));
   const A* xd = x.data<A>();
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t r = 0; r < n; ++r) {  // routing weight on the input, rounded to x's dtype
     const int64_t slot = order[size_t(r)], tok = slot / k;
-    float* dst = xin.data() + r * H;
-    for (int64_t c = 0; c < H; c += 32)
-      for (int t = 0; t < 16; ++t) {
-        dst[c + t] = round_to<A>(load_f32(xd, tok * H + c + 2 * t) * tw[slot]);
-        dst[c + 16 + t] = round_to<A>(load_f32(xd, tok * H + c + 2 * t + 1) * tw[slot]);
-      }
+    for (int64_t c = 0; c < H; ++c) xin[sz(r * H + c)] = round_to<A>(load_f32(xd, tok * H + c) * tw[slot]);
   }
-  run_experts(groups, w13_q, w13_s, w13_z, G, xin.data(), H, gu.data(), 2 * I);
+  const Int4Kernel& kern = int4_kernel();
+  const bool bf16 = std::is_same_v<A, bf16_t>;
+  std::vector<char> scratch;
+  Int4In in;
+  in.x = xin.data(), in.dtype = kF32, in.M = n, in.K = H, in.ld = H, in.bf16_values = bf16;
+  Int4Act act = kern.prep(in, G, w13_z != nullptr, scratch);
+  run_experts(kern, groups, w13_q, w13_s, w13_z, G, act, H, gu.data(), 2 * I);
 #pragma omp parallel for schedule(static) if (par)
-  for (int64_t r = 0; r < n; ++r) {  // h = silu(gate) * up, rounded to x's dtype, permuted for down
-    const float* g = gu.data() + r * 2 * I;
-    float* dst = hp.data() + r * I;
-    for (int64_t c = 0; c < I; c += 32)
-      for (int t = 0; t < 16; ++t) {
-        dst[c + t] = round_to<A>(silu_f32(g[c + 2 * t]) * g[I + c + 2 * t]);
-        dst[c + 16 + t] = round_to<A>(silu_f32(g[c + 2 * t + 1]) * g[I + c + 2 * t + 1]);
-      }
-  }
-  run_experts(groups, w2_q, w2_s, w2_z, G, hp.data(), I, y.data(), H);
+  for (int64_t r = 0; r < n; ++r)  // silu(gate) * up, rounded to x's dtype
+    for (int64_t c = 0; c < I; ++c)
+      h[sz(r * I + c)] = round_to<A>(silu_f32(gu[sz(r * 2 * I + c)]) * gu[sz(r * 2 * I + I + c)]);
+  in.x = h.data(), in.K = I, in.ld = I;
+  act = kern.prep(in, G, w2_z != nullptr, scratch);
+  run_experts(kern, groups, w2_q, w2_s, w2_z, G, act, I, y.data(), H);
   // Sum each token's k slots in fp32 (slot order, as the reference's index_add over experts would
   // give up to fp32 rounding), round once.
   std::vector<int64_t> where(static_cast<size_t>(n));

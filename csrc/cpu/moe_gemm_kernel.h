@@ -110,7 +110,7 @@ AL4_INLINE float load_w1(const float* p) { return *p; }
 AL4_INLINE float load_w1(const bf16_t* p) { return bf16_to_f32(p->bits); }
 
 // c[i * ldc + 0:ncols] += sum_{k0 <= k < k1} a[i * lda + k] * w[k * ldw + 0:ncols] for i < M (the
-// decode step: a few rows per expert). Weight rows are read whole and in order, four at a time (one
+// decode step: a few rows per expert). Weight rows are read whole and in order, KR at a time (one
 // sequential stream), with rows kAxpyAhead further on prefetched; the M output rows stay in L1, ldc
 // apart (callers pad it past ncols: rows 4 KB apart alias in L1 and the store buffer).
 // W: fp32 or bf16 (widened in registers: half the bytes of fp32 read, no packed copy). One weight
@@ -118,37 +118,49 @@ AL4_INLINE float load_w1(const bf16_t* p) { return bf16_to_f32(p->bits); }
 // slower here at 1 row (fp32 26 vs 38 GB/s, bf16 no better): each line then costs a c load + store.
 constexpr int64_t kAxpyAhead = 16;  // 8-32 measured alike; none: 15% slower
 
-template <int VW, int M, typename W>
+// KR weight rows per pass: 8 for one or two output rows (half the partial-sum loads/stores per
+// weight byte; fp32 3-8% faster than 4 rows in a same-process A/B at 1-2 rows, bf16 alike), 4 above
+// (8 rows x M accumulators would spill).
+template <int VW, int M, typename W, int KR = (M <= 2 ? 8 : 4)>
 AL4_INLINE void rows_axpy(const float* a, int64_t lda, int64_t k0, int64_t k1, const W* w, int64_t ldw,
                           int64_t ncols, float* c, int64_t ldc) {
   typedef float vec __attribute__((vector_size(VW * 4)));
   const int64_t nv = ncols / VW * VW;
   int64_t k = k0;
-  for (; k + 4 <= k1; k += 4) {
+  for (; k + KR <= k1; k += KR) {
     const W* w0 = w + k * ldw;
-    float s[M][4];
+    float s[M][KR];
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) s[i][j] = a[i * lda + k + j];
+#pragma GCC unroll 8
+      for (int j = 0; j < KR; ++j) s[i][j] = a[i * lda + k + j];
+    const bool pf = k + kAxpyAhead + KR <= k1;
     for (int64_t col = 0; col < nv; col += VW) {
-      vec x[4];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) load_wvec(w0 + j * ldw + col, x[j]);
-      if (k + kAxpyAhead + 4 <= k1)
-        for (int j = 0; j < 4; ++j) __builtin_prefetch(w0 + (kAxpyAhead + j) * ldw + col, 0, 2);
+      vec x[KR];
+#pragma GCC unroll 8
+      for (int j = 0; j < KR; ++j) load_wvec(w0 + j * ldw + col, x[j]);
+      if (pf)
+#pragma GCC unroll 8
+        for (int j = 0; j < KR; ++j) __builtin_prefetch(w0 + (kAxpyAhead + j) * ldw + col, 0, 2);
 #pragma GCC unroll 16
       for (int i = 0; i < M; ++i) {
         vec acc;
         __builtin_memcpy(&acc, c + i * ldc + col, sizeof(vec));
-        acc += s[i][0] * x[0] + s[i][1] * x[1] + s[i][2] * x[2] + s[i][3] * x[3];
+        // pairwise sums: a shorter dependency chain than adding the rows one by one
+        vec p[KR / 2];
+#pragma GCC unroll 8
+        for (int j = 0; j < KR / 2; ++j) p[j] = s[i][2 * j] * x[2 * j] + s[i][2 * j + 1] * x[2 * j + 1];
+#pragma GCC unroll 8
+        for (int j = 0; j < KR / 2; ++j) acc += p[j];
         __builtin_memcpy(c + i * ldc + col, &acc, sizeof(vec));
       }
     }
     for (int64_t col = nv; col < ncols; ++col)
-      for (int i = 0; i < M; ++i)
-        c[i * ldc + col] += s[i][0] * load_w1(w0 + col) + s[i][1] * load_w1(w0 + ldw + col) +
-                            s[i][2] * load_w1(w0 + 2 * ldw + col) + s[i][3] * load_w1(w0 + 3 * ldw + col);
+      for (int i = 0; i < M; ++i) {
+        float v = 0.0f;
+        for (int j = 0; j < KR; ++j) v += s[i][j] * load_w1(w0 + j * ldw + col);
+        c[i * ldc + col] += v;
+      }
   }
   for (; k < k1; ++k)
     for (int i = 0; i < M; ++i) {

@@ -256,6 +256,71 @@ def test_native_int4_lower_isa_paths(isa):
         (isa == "avx2" and res.stdout.split() == ["portable", "ok"])  # a CPU without AVX2 falls back
 
 
+def _exact_linear(x, q, s, z, G):
+    """float64 x @ dequant(W)^T and sum |x| |W| (the scale of an fp32 reordering error)."""
+    w = I.dequantize_int4(q, s, z, G).double()
+    return x.double() @ w.t(), x.double().abs() @ w.abs().t()
+
+
+@pytest.mark.usefixtures("_native")
+@pytest.mark.parametrize("K,G", [(96, 32), (416, 32), (448, 64), (640, 128), (1024, 32)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_native_int4_linear_exact_products_odd_widths(K, G, symmetric):
+    """w4a16: neither the weights nor the activations are rounded, so the fp32 result is the exact
+    dot product up to fp32 summation error (rounding x to bf16 would be ~1e-3 off). K = 32 * odd and
+    K % 128 != 0 take the AVX-512 body's masked tail block; M = 1..9 every row-chunk size."""
+    N = 29
+    for sd in (torch.bfloat16, torch.float16, torch.float32):
+        q, s, z = I.quantize_int4(weights(N, K, seed=K + G), G, symmetric)
+        s = s.to(sd)
+        for M in (1, 3, 9):
+            x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * 3
+            out = I.int4_linear(x, q, s, z, G, backend="native")
+            exact, mag = _exact_linear(x, q, s, z, G)
+            err = (out.double() - exact).abs() / mag
+            assert err.max() < 2e-6, f"K={K} G={G} scales {sd} M={M}: relative error {err.max():.2e}"
+            xb = x.bfloat16()  # bf16 activations: exact products, one rounding of the fp32 sum to bf16
+            ob = I.int4_linear(xb, q, s, z, G, backend="native")
+            eb, mb = _exact_linear(xb, q, s, z, G)
+            torch.testing.assert_close(ob.double(), eb.bfloat16().double(), rtol=8e-3, atol=1e-6 * mb.max().item())
+
+
+@pytest.mark.usefixtures("_native")
+def test_native_int4_linear_zero_points_at_the_ends():
+    """Zero points 0 and 15 (the kernels may dot q - 8 and correct by (z - 8) * sum(x)): still exact
+    up to fp32 summation, with activations whose mean is far from 0 (the correction is large)."""
+    N, K, G = 21, 256, 32
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, generator=g)
+    s = (torch.rand(N, K // G, generator=g) * 0.1 + 0.01).bfloat16()
+    z = torch.where(torch.rand(N, K // G, generator=g) < 0.5, 0, 15).to(torch.uint8)
+    for dt in (torch.float32, torch.bfloat16):
+        x = (torch.randn(4, K, generator=g) + 5).to(dt)
+        out = I.int4_linear(x, q, s, z, G, backend="native")
+        exact, mag = _exact_linear(x, q, s, z, G)
+        tol = 2e-6 if dt == torch.float32 else 8e-3
+        assert ((out.double() - exact).abs() / mag).max() < tol
+
+
+@pytest.mark.usefixtures("_native")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 5, 9])
+def test_native_fused_moe_int4_tail_blocks(dtype, T):
+    """H and I not multiples of 128 (masked tail blocks in both GEMMs), bf16 scales, top-1 and top-2."""
+    E, H, inter, G = 5, 160, 96, 32
+    for k, sym in ((1, True), (2, False)):
+        w13, w2 = moe_weights(E, H, inter, G, sym, torch.bfloat16, seed=T + k)
+        x = torch.randn(T, H).to(dtype)
+        tw, ids = routing(T, E, k, seed=T)
+        torch.testing.assert_close(I.fused_moe_int4(x, *w13, *w2, tw, ids, G, backend="native"),
+                                   I.fused_moe_int4(x, *w13, *w2, tw, ids, G, backend="torch"), **TOL[dtype])
+
+
+@pytest.mark.usefixtures("_native")
+def test_native_int4_isa_names_a_body():
+    assert native._C.int4_isa() in ("avx512bf16", "avx512", "avx2", "portable")
+
+
 # ---------------------------------------------------------------- bad inputs
 
 def _linear_args():

@@ -304,3 +304,22 @@ def test_fused_moe_decode_rows(dtype, T, same):
     tw = torch.rand(T, 1, generator=g)
     torch.testing.assert_close(native.fused_moe(x, w1, w2, tw, ids), ops.fused_moe(x, w1, w2, tw, ids, backend="torch"),
                                **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_fused_moe_decode_column_tails(dtype, T):
+    """The streamed decode path's column and K splits on one expert: VW-wide column steps then single
+    columns; K runs 8 weight rows per pass for 1-2 rows (4 for 3), then a K tail one row at a time.
+    H=77: down's 77 columns and gate_up's 77 K rows end in tails (77 = 9*8 + 5 = 19*4 + 1)."""
+    g = torch.Generator().manual_seed(17 + T)
+    H, inter, E = 77, 56, 3
+    x = torch.randn(T, H, generator=g).to(dtype)
+    w1 = (torch.randn(E, H, 2 * inter, generator=g) / H**0.5).to(dtype)
+    w2 = (torch.randn(E, inter, H, generator=g) / inter**0.5).to(dtype)
+    ids = torch.full((T, 1), 1, dtype=torch.int32)
+    tw = torch.rand(T, 1, generator=g)
+    got = native.fused_moe(x, w1, w2, tw, ids)
+    torch.testing.assert_close(got, ops.fused_moe(x, w1, w2, tw, ids, backend="torch"), **TOL[dtype])
+    torch.testing.assert_close(got.float(), moe_dense_reference(x.float(), w1.float(), w2.float(), tw, ids),
+                               **TOL[dtype])
