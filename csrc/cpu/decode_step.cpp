@@ -126,6 +126,20 @@ TensorRef DecodeStep::buf(int slot, std::vector<int64_t> shape, int dtype, const
   return t;
 }
 
+// Whether weights ws[0..n) are int4 with one group size (one int4_linear_multi call covers them).
+bool DecodeStep::int4_group(const StepWeight* ws, int n) {
+  for (int i = 0; i < n; ++i)
+    if (!ws[i].int4 || ws[i].G != ws[0].G) return false;
+  return true;
+}
+
+// out [R, sum N] = x [R, K] @ [W_0; ...; W_n-1]^T for int4_group weights.
+void DecodeStep::int4_multi(const StepWeight* ws, int n, const TensorRef& x, const TensorRef& out) {
+  std::vector<Int4Part> parts;
+  for (int i = 0; i < n; ++i) parts.push_back({&ws[i].q, &ws[i].s, ws[i].z.ptr ? &ws[i].z : nullptr});
+  int4_linear_multi(x, parts, ws[0].G, out);
+}
+
 // out [R, N] = x [R, K] @ W^T.
 void DecodeStep::project(const StepWeight& w, const TensorRef& x, const TensorRef& out) {
   if (w.fp8) {  // quantise x per row (or per 1 x bk block) to the weight's format, then w8a8
@@ -241,7 +255,9 @@ void DecodeStep::run_typed(const StepTensors& in, const TensorRef& out) {
     TensorRef gu = buf(kGU, {R, 2 * I}, dtype_, "gate_up");
     if (dense(L.gate_up[0]) && dense(L.gate_up[1])) {
       linear(hn, {L.gate_up[0].w, L.gate_up[1].w}, {nullptr, nullptr}, gu);
-    } else {  // int4 / fp8: each half into a row buffer, then side by side (silu_and_mul reads [gate | up])
+    } else if (int4_group(L.gate_up.data(), 2)) {
+      int4_multi(L.gate_up.data(), 2, hn, gu);
+    } else {  // fp8: each half into a row buffer, then side by side (silu_and_mul reads [gate | up])
       for (int p = 0; p < 2; ++p) {
         TensorRef part = buf(kPart, {R, I}, dtype_, "gate_up part");
         project(L.gate_up[p], hn, part);
@@ -290,9 +306,13 @@ void DecodeStep::attention(const StepLayer& L, const StepTensors& in, int64_t R)
   // q | k | v of each row: one fused call for dense weights, one call each for int4.
   const T* src[3];
   int64_t ld[3];
-  if (dense(L.qkv[0]) && dense(L.qkv[1]) && dense(L.qkv[2])) {
+  const bool all_dense = dense(L.qkv[0]) && dense(L.qkv[1]) && dense(L.qkv[2]);
+  if (all_dense || int4_group(L.qkv.data(), 3)) {
     TensorRef cat = buf(kCat, {R, nq + 2 * nkv}, dtype_, "qkv");
-    linear(hn, {L.qkv[0].w, L.qkv[1].w, L.qkv[2].w}, {nullptr, nullptr, nullptr}, cat);
+    if (all_dense)
+      linear(hn, {L.qkv[0].w, L.qkv[1].w, L.qkv[2].w}, {nullptr, nullptr, nullptr}, cat);
+    else
+      int4_multi(L.qkv.data(), 3, hn, cat);
     src[0] = cat.data<T>(), src[1] = src[0] + nq, src[2] = src[1] + nkv;
     ld[0] = ld[1] = ld[2] = nq + 2 * nkv;
   } else {

@@ -81,6 +81,8 @@ class DecodeStep {
   template <typename T>
   void attention(const StepLayer& L, const StepTensors& in, int64_t R);
   void project(const StepWeight& w, const TensorRef& x, const TensorRef& out);
+  static bool int4_group(const StepWeight* ws, int n);
+  void int4_multi(const StepWeight* ws, int n, const TensorRef& x, const TensorRef& out);
   TensorRef buf(int slot, std::vector<int64_t> shape, int dtype, const char* name);
 
   TensorRef embed_, final_norm_, inv_freq_;

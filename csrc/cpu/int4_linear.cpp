@@ -225,28 +225,48 @@ Int4W int4_weight(const TensorRef& q, const TensorRef& s, const TensorRef* z, in
 // x: [M, K] fp32|bf16 (M: a decode step's rows; prefill goes to dequantise + BLAS, ops/native.py).
 void int4_linear(const TensorRef& x, const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G,
                  const TensorRef& out) {
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  const Int4W w = weight_of(q, s, z, G);
+  int4_linear_multi(x, {Int4Part{&q, &s, z}}, G, out);
+}
+
+// out [M, sum_p N_p] = x [M, K] @ [W_0; W_1; ...]^T (each part [N_p, K/2] with the same K and G): the
+// decode step's q|k|v and gate|up in one call, one activation layout and one parallel region whose
+// threads split the parts' weight rows evenly (a 256-row k or v alone leaves a thread half idle).
+void int4_linear_multi(const TensorRef& x, const std::vector<Int4Part>& parts, int64_t G, const TensorRef& out) {
+  const int64_t M = x.size(0), K = x.size(1), N = out.size(1);
+  check(x.dtype == kF32 || x.dtype == kBF16, std::string("int4_linear: ") + x.name + " has unsupported dtype " +
+                                                 dtype_name(x.dtype) + " (CPU path: float32, bfloat16)");
+  std::vector<Int4W> ws;
+  std::vector<int64_t> col{0}, tile0{0};  // per part: first output column, first global tile
+  bool zp = false;
+  for (const Int4Part& p : parts) {
+    ws.push_back(weight_of(*p.q, *p.s, p.z, G));
+    zp = zp || p.z != nullptr;
+    col.push_back(col.back() + ws.back().N);
+    tile0.push_back(tile0.back() + ceil_div(ws.back().N, kInt4NB));
+  }
+  check(col.back() == N, "int4_linear: the parts' rows (" + std::to_string(col.back()) + ") must equal out's " +
+                             std::to_string(N) + " columns");
   const Int4Kernel& kern = int4_kernel();
   thread_local std::vector<char> scratch;  // reused: no allocation per decode-step call
   thread_local std::vector<float> yf;
   Int4In in;
   in.x = reinterpret_cast<const void*>(x.ptr), in.dtype = x.dtype, in.M = M, in.K = K, in.ld = K;
-  check(x.dtype == kF32 || x.dtype == kBF16, std::string("int4_linear: ") + x.name + " has unsupported dtype " +
-                                                 dtype_name(x.dtype) + " (CPU path: float32, bfloat16)");
-  const Int4Act a = kern.prep(in, G, z != nullptr, scratch);
+  const Int4Act a = kern.prep(in, G, zp, scratch);
   float* y = out.data<float>();
   if (x.dtype == kBF16) {
     yf.resize(size_t(M * N));
     y = yf.data();
   }
-  const int64_t tiles = ceil_div(N, kInt4NB);
-  const int64_t threads = int64_t(omp_get_max_threads());
+  const int64_t tiles = tile0.back(), threads = int64_t(omp_get_max_threads());
   const int64_t chunks = N * K * std::max<int64_t>(M, 4) > (1 << 16) ? std::min(tiles, threads) : 1;
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
-    if (t0 < t1) kern.rows(w, a, y, N, t0 * kInt4NB, std::min(N, t1 * kInt4NB));
+    for (size_t p = 0; p < ws.size(); ++p) {  // the chunk's tiles within part p
+      const int64_t a0 = std::max(t0, tile0[p]), a1 = std::min(t1, tile0[p + 1]);
+      if (a0 < a1)
+        kern.rows(ws[p], a, y + col[p], N, (a0 - tile0[p]) * kInt4NB, std::min(ws[p].N, (a1 - tile0[p]) * kInt4NB));
+    }
   }
   if (x.dtype == kBF16) {
     bf16_t* o = out.data<bf16_t>();
