@@ -77,7 +77,13 @@ AL4_INLINE void key_range(const Args& a, int64_t b, int64_t qp, int64_t& lo, int
 struct Scratch {
   std::vector<float> q, kt, v, acc, m, l;
   std::vector<int64_t> lo, hi;
+  int64_t R_ = -1, Dp_ = -1;
+  // Kept per thread between calls (thread_local at the call) and cleared only when the shape
+  // changes: allocating and zeroing ~50 KB per call was a third of a decode step's attention.
+  // Pad columns [D, Dp) are never written, so they stay zero.
   void size(int64_t R, int64_t Dp) {
+    if (R == R_ && Dp == Dp_) return;
+    R_ = R, Dp_ = Dp;
     R += 8;  // spare rows of the last register block
     q.assign(size_t(R * Dp), 0.0f), acc.assign(size_t(R * Dp), 0.0f);
     kt.assign(size_t(Dp * kKT), 0.0f), v.assign(size_t(kKT * Dp), 0.0f);
@@ -115,11 +121,92 @@ AL4_INLINE float kv_elem(const Args& a, const void* base, int64_t i, float s) {
   return round_to<Q>(a.table[static_cast<const uint8_t*>(base)[i]] * s);
 }
 
+typedef float f16v __attribute__((vector_size(64)));
+
+// out[c] = lane c of r[0..15]: a 16 x 16 transpose in four shuffle stages (64 shuffles where the
+// scalar transpose costs a load, convert and store per element; the ISA's own widths when lowered).
+AL4_INLINE void transpose16(const f16v* r, f16v* out) {
+  f16v t[16], u[16], w[4][2], x[4][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // 32-bit interleave of row pairs, per 128-bit lane
+    t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+    t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k)  // 64-bit interleave: lane L of u[4k + m] = rows 4k..4k+3 at column 4L + m
+#pragma GCC unroll 2
+    for (int p = 0; p < 2; ++p) {
+      u[4 * k + 2 * p] = __builtin_shufflevector(t[4 * k + p], t[4 * k + 2 + p], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+      u[4 * k + 2 * p + 1] = __builtin_shufflevector(t[4 * k + p], t[4 * k + 2 + p], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {  // 128-bit lanes: gather lane L of u[m], u[4 + m], u[8 + m], u[12 + m]
+    w[m][0] = __builtin_shufflevector(u[m], u[4 + m], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    w[m][1] = __builtin_shufflevector(u[m], u[4 + m], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    x[m][0] = __builtin_shufflevector(u[8 + m], u[12 + m], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    x[m][1] = __builtin_shufflevector(u[8 + m], u[12 + m], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 2
+    for (int hf = 0; hf < 2; ++hf) {
+      out[8 * hf + m] = __builtin_shufflevector(w[m][hf], x[m][hf], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+      out[8 * hf + 4 + m] = __builtin_shufflevector(w[m][hf], x[m][hf], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    }
+  }
+}
+
+// 16 elements of row p from column d as fp32 (zeros for a missing row).
+template <typename Q>
+AL4_INLINE f16v load16(const Q* p, int64_t d) {
+  f16v v;
+  if (!p) return f16v{};
+  if constexpr (sizeof(Q) == 4) {
+    __builtin_memcpy(&v, p + d, sizeof(v));
+  } else {
+    typedef uint16_t u16v __attribute__((vector_size(32)));
+    typedef uint32_t u32v __attribute__((vector_size(64)));
+    u16v b;
+    __builtin_memcpy(&b, p + d, sizeof(b));
+    const u32v w = __builtin_convertvector(b, u32v) << 16;
+    __builtin_memcpy(&v, &w, sizeof(v));
+  }
+  return v;
+}
+
 // Decodes keys/values of slots [k0, k0 + n) (n <= KT) of sequence b, KV head h, into s.kt (transposed)
 // and s.v; columns past n are zero.
 template <typename Q>
 AL4_INLINE void load_tile(const Args& a, int64_t b, int64_t h, int64_t k0, int64_t n, Scratch& s) {
-  const size_t esz = a.kv ? 1 : sizeof(Q);
+  if (a.kv == 0) {  // a cache of q's dtype: 16 x 16 blocks of K transposed in registers
+    static_assert(kKT % 16 == 0, "key tiles are whole 16-key blocks");
+    const int64_t D16 = a.D / 16 * 16;
+    for (int64_t j0 = 0; j0 < kKT; j0 += 16) {
+      const Q* kr[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t j = j0 + i, slot = k0 + j;
+        float* vrow = s.v.data() + j * a.Dp;
+        if (j >= n) {
+          kr[i] = nullptr;
+          std::fill(vrow, vrow + a.D, 0.0f);
+          continue;
+        }
+        const int64_t blk = a.bt[b * a.bt_sb + slot / a.bs], off = slot % a.bs;
+        kr[i] = static_cast<const Q*>(a.kc) + blk * a.kc_sb + off * a.kc_ss + h * a.kc_sh;
+        const Q* vq = static_cast<const Q*>(a.vc) + blk * a.vc_sb + off * a.vc_ss + h * a.vc_sh;
+        for (int64_t d = 0; d < a.D; ++d) vrow[d] = load_f32(vq, d);
+      }
+      for (int64_t d0 = 0; d0 < D16; d0 += 16) {
+        f16v r[16], c[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) r[i] = load16(kr[i], d0);
+        transpose16(r, c);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) __builtin_memcpy(s.kt.data() + (d0 + i) * kKT + j0, &c[i], sizeof(f16v));
+      }
+      for (int64_t d = D16; d < a.D; ++d)  // head-dim tail
+        for (int64_t i = 0; i < 16; ++i) s.kt[size_t(d * kKT + j0 + i)] = kr[i] ? load_f32(kr[i], d) : 0.0f;
+    }
+    return;
+  }
+  const size_t esz = 1;  // fp8 from here on
   for (int64_t j = 0; j < kKT; ++j) {
     float* vrow = s.v.data() + j * a.Dp;
     if (j >= n) {
@@ -131,11 +218,7 @@ AL4_INLINE void load_tile(const Args& a, int64_t b, int64_t h, int64_t k0, int64
     const char* vp = static_cast<const char*>(a.vc) + (blk * a.vc_sb + off * a.vc_ss + h * a.vc_sh) * esz;
     const float ksc = a.ks.at(blk, off, h), vsc = a.vs.at(blk, off, h);
     for (int64_t d = 0; d < a.D; ++d) s.kt[size_t(d * kKT + j)] = kv_elem<Q>(a, kp, d, ksc);
-    if (a.kv == 0 && sizeof(Q) == 4) {
-      __builtin_memcpy(vrow, vp, size_t(a.D) * 4);
-    } else {
-      for (int64_t d = 0; d < a.D; ++d) vrow[d] = kv_elem<Q>(a, vp, d, vsc);
-    }
+    for (int64_t d = 0; d < a.D; ++d) vrow[d] = kv_elem<Q>(a, vp, d, vsc);
   }
 }
 
@@ -403,7 +486,7 @@ void paged_attention(const TensorRef& q, const TensorRef& k_cache, const TensorR
   const bool par = threads > 1 && run_list.size() > 1 && total * a.D > kParallelMin;
 #pragma omp parallel if (par)
   {
-    Scratch s;
+    thread_local Scratch s;
     s.size(tile * a.G, a.Dp);
 #pragma omp for schedule(dynamic, 1)
     for (size_t i = 0; i < run_list.size(); ++i) {
