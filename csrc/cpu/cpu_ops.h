@@ -8,6 +8,7 @@
 inline int omp_get_max_threads() { return 1; }  // built without OpenMP: serial
 #endif
 
+#include <algorithm>
 #include <vector>
 
 #include "al4_tensor.h"
@@ -29,6 +30,24 @@ void dispatch_act(const TensorRef& t, const char* op, F&& f) {
 
 // Below this many elements an OpenMP region costs more than it saves.
 constexpr int64_t kParallelMin = 1 << 14;
+// The same for elements that each take an exp (silu): ~8 ns each, a region ~1 us.
+constexpr int64_t kParallelMinExp = 1 << 10;
+
+// fn(r, c0, c1) over rows [0, R) x columns [0, C): rows over the threads, and with fewer rows than
+// threads (a decode step's one row) each row's columns in per-thread ranges as well, so that
+// per-element work on a [1, I] row is not serial. Results do not depend on the split.
+template <typename F>
+void parallel_rows_cols(int64_t R, int64_t C, int64_t min_work, F&& fn) {
+  const int64_t threads = int64_t(omp_get_max_threads());
+  const bool par = threads > 1 && R * C >= min_work;
+  const int64_t splits = par && R < threads ? std::max<int64_t>(1, std::min((threads + R - 1) / R, C / 64)) : 1;
+  const int64_t tasks = R * splits;
+#pragma omp parallel for schedule(static) if (par && tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t r = t / splits, j = t % splits;
+    fn(r, C * j / splits, C * (j + 1) / splits);
+  }
+}
 
 void silu_and_mul(const TensorRef& x, const TensorRef& out);
 void rms_norm(const TensorRef& x, const TensorRef* weight, double eps, const TensorRef* residual,

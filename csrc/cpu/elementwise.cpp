@@ -12,17 +12,16 @@ void silu_and_mul(const TensorRef& x, const TensorRef& out) {
     using T = decltype(tag);
     const T* xp = x.data<T>();
     T* op = out.data<T>();
-#pragma omp parallel for schedule(static) if (R * I > kParallelMin)
-    for (int64_t r = 0; r < R; ++r) {
+    parallel_rows_cols(R, I, kParallelMinExp, [&](int64_t r, int64_t c0, int64_t c1) {
       const T* g = xp + r * 2 * I;
       const T* u = g + I;
       T* o = op + r * I;
-      for (int64_t i = 0; i < I; ++i) {
+      for (int64_t i = c0; i < c1; ++i) {
         // torch rounds silu(gate) to the dtype before the product.
         float s = round_to<T>(silu_f32(load_f32(g, i)));
         store_f32(o, i, s * load_f32(u, i));
       }
-    }
+    });
   });
 }
 

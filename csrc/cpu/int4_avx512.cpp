@@ -39,6 +39,35 @@ constexpr int64_t kBlk = 128;  // columns per block: 64 packed bytes
 // take turns and reach about half of a plain read's bandwidth; 4 KB measured best of 1-8 KB.
 constexpr int64_t kAhead = 4096;
 
+// The bf16 layout of prep (plane r of a block = columns r, r + 4, ..., r + 124) for the whole 128-column
+// blocks of one row: two vpermt2w over the block's four 32-word registers per plane. src: bf16, or
+// fp32 holding bf16 values (the top half of each float). Returns the columns laid out.
+AL4_V4 int64_t prep_row_bf16(const void* src, bool src_f32, int64_t K, uint16_t* dst) {
+  alignas(64) uint16_t ix[4][32];
+  for (int r = 0; r < 4; ++r)
+    for (int k = 0; k < 32; ++k) ix[r][k] = uint16_t((4 * k + r) % 64);
+  const int64_t full = K / kBlk * kBlk;
+  for (int64_t c0 = 0; c0 < full; c0 += kBlk) {
+    __m512i v[4];
+    for (int q = 0; q < 4; ++q) {
+      if (src_f32) {
+        const float* f = static_cast<const float*>(src) + c0 + 32 * q;
+        const __m256i lo = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(f)), 16));
+        const __m256i hi = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(f + 16)), 16));
+        v[q] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      } else {
+        v[q] = _mm512_loadu_si512(static_cast<const uint16_t*>(src) + c0 + 32 * q);
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      const __m512i idx = _mm512_load_si512(ix[r]);
+      const __m512i lo = _mm512_permutex2var_epi16(v[0], idx, v[1]), hi = _mm512_permutex2var_epi16(v[2], idx, v[3]);
+      _mm512_store_si512(dst + c0 + 32 * r, _mm512_mask_blend_epi16(0xFFFF0000u, lo, hi));
+    }
+  }
+  return full;
+}
+
 // prep, one plane per row, Kp = K rounded up to kBlk wide (the tail zero: padded columns meet
 // unpacked zero bytes, which are finite), then the group sums of x for zero-point weights.
 //  bf16 values (with vdpbf16ps): plane r of a block, dword i = columns (8i + r, 8i + 4 + r);
@@ -58,7 +87,10 @@ Int4Act prep_avx512(const Int4In& in, int64_t G, bool zero_point, bool dp, std::
     if (Kp > K) std::memset(row + (Kp - kBlk) * (bf16 ? 2 : 4), 0, size_t(kBlk * (bf16 ? 2 : 4)));
     if (bf16) {
       uint16_t* dst = reinterpret_cast<uint16_t*>(row);
-      for (int64_t k = 0; k < K; ++k) {
+      const bool f32 = in.dtype != kBF16;
+      const void* src = f32 ? static_cast<const void*>(static_cast<const float*>(in.x) + m * in.ld)
+                            : static_cast<const void*>(static_cast<const uint16_t*>(in.x) + m * in.ld);
+      for (int64_t k = prep_row_bf16(src, f32, K, dst); k < K; ++k) {  // the partial last block
         const int64_t c = k % kBlk, at = k - c + 32 * (c & 3) + 2 * (c / 8) + ((c / 4) & 1);
         dst[at] = in.dtype == kBF16 ? static_cast<const uint16_t*>(in.x)[m * in.ld + k]
                                     : uint16_t(f32_to_bits(static_cast<const float*>(in.x)[m * in.ld + k]) >> 16);

@@ -264,13 +264,13 @@ void int4_linear_multi(const TensorRef& x, const std::vector<Int4Part>& parts, i
     const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
     for (size_t p = 0; p < ws.size(); ++p) {  // the chunk's tiles within part p
       const int64_t a0 = std::max(t0, tile0[p]), a1 = std::min(t1, tile0[p + 1]);
-      if (a0 < a1)
-        kern.rows(ws[p], a, y + col[p], N, (a0 - tile0[p]) * kInt4NB, std::min(ws[p].N, (a1 - tile0[p]) * kInt4NB));
+      if (a0 >= a1) continue;
+      const int64_t n0 = (a0 - tile0[p]) * kInt4NB, n1 = std::min(ws[p].N, (a1 - tile0[p]) * kInt4NB);
+      kern.rows(ws[p], a, y + col[p], N, n0, n1);
+      if (x.dtype == kBF16)  // the thread's own columns, rounded while they are in its cache
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = col[p] + n0; n < col[p] + n1; ++n) store_f32(out.data<bf16_t>(), m * N + n, y[m * N + n]);
     }
-  }
-  if (x.dtype == kBF16) {
-    bf16_t* o = out.data<bf16_t>();
-    for (int64_t i = 0; i < M * N; ++i) store_f32(o, i, yf[size_t(i)]);
   }
 }
 

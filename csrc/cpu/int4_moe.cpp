@@ -86,10 +86,10 @@ void moe_typed(const TensorRef& x, const TensorRef& w13_q, const TensorRef& w13_
   in.x = xin.data(), in.dtype = kF32, in.M = n, in.K = H, in.ld = H, in.bf16_values = bf16;
   Int4Act act = kern.prep(in, G, w13_z != nullptr, scratch);
   run_experts(kern, groups, w13_q, w13_s, w13_z, G, act, H, gu.data(), 2 * I);
-#pragma omp parallel for schedule(static) if (par)
-  for (int64_t r = 0; r < n; ++r)  // silu(gate) * up, rounded to x's dtype
-    for (int64_t c = 0; c < I; ++c)
+  parallel_rows_cols(n, I, kParallelMinExp, [&](int64_t r, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)  // silu(gate) * up, rounded to x's dtype
       h[sz(r * I + c)] = round_to<A>(silu_f32(gu[sz(r * 2 * I + c)]) * gu[sz(r * 2 * I + I + c)]);
+  });
   in.x = h.data(), in.K = I, in.ld = I;
   act = kern.prep(in, G, w2_z != nullptr, scratch);
   run_experts(kern, groups, w2_q, w2_s, w2_z, G, act, I, y.data(), H);

@@ -388,26 +388,25 @@ void streamed_moe(const MoeArgs& g, AxpyFn axpy, int64_t N, int64_t active, bool
   };
 
   gemm(g.xin, H, g.w1, 2 * I);
-#pragma omp parallel for schedule(static) if (N * I > kParallelMin)
-  for (int64_t r = 0; r < N; ++r) {
+  parallel_rows_cols(N, I, kParallelMinExp, [&](int64_t r, int64_t c0, int64_t c1) {
     float* hrow = g.h + r * I;
-    for (int64_t c = 0; c < I; ++c) {
+    for (int64_t c = c0; c < c1; ++c) {
       float gv = 0.0f, uv = 0.0f;
       for (int64_t j = 0; j < ks; ++j) gv += part(j, r, 2 * I)[c], uv += part(j, r, 2 * I)[I + c];
       gv = act_round(gv, g.bf16_act), uv = act_round(uv, g.bf16_act);
       hrow[c] = act_round(act_round(silu_f32(gv), g.bf16_act) * uv, g.bf16_act);
     }
-  }
+  });
   gemm(g.h, I, g.w2, H);
-#pragma omp parallel for schedule(static) if (N * H > kParallelMin)
-  for (int64_t r = 0; r < N; ++r) {
+  // ks partial sums per element: split a decode row's columns too
+  parallel_rows_cols(N, H, kParallelMin / ks, [&](int64_t r, int64_t c0, int64_t c1) {
     float* yrow = g.y + r * H;
-    for (int64_t c = 0; c < H; ++c) {
+    for (int64_t c = c0; c < c1; ++c) {
       float v = 0.0f;
       for (int64_t j = 0; j < ks; ++j) v += part(j, r, H)[c];
       yrow[c] = act_round(v, g.bf16_act);
     }
-  }
+  });
 }
 
 }  // namespace
