@@ -128,6 +128,9 @@ struct Ctx {
   __m512 tabf;  // fp32 t - 8 for t < 16 (vpermps reads the low 4 bits)
   __mmask64 tail_w = 0;  // packed bytes of the last block when K % 128 != 0 (0: no tail)
   __mmask8 full_s = 0, tail_s = 0;
+  // per call, not per weight row: a row is only 8 blocks at K = 1024, and the row setup's divisions
+  // by the run-time G cost as much as a block
+  int64_t KB = 0, NG = 0, gpb = 0, nblk = 0, nfull = 0;  // bytes/row, groups/row, groups/block, blocks
 };
 
 AL4_V4 Ctx make_ctx(const Int4W& w) {
@@ -143,6 +146,7 @@ AL4_V4 Ctx make_ctx(const Int4W& w) {
   c.tabf = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
   c.sidx16 = _mm512_load_si512(s16);
   c.sidx32 = _mm512_load_si512(s32);
+  c.KB = w.K / 2, c.NG = w.K / w.G, c.gpb = kBlk / w.G, c.nblk = ceil_div(w.K, kBlk), c.nfull = w.K / kBlk;
   c.full_s = __mmask8((1u << (kBlk / w.G)) - 1);
   const int64_t rem = w.K % kBlk;
   if (rem) {
@@ -182,8 +186,8 @@ AL4_V4 inline __m512 scales16(const void* s, int64_t i, __mmask16 mk) {
 // y[(m0 + i) * ldy + n] = the lanes of tot[i] summed, less sum_g s_g (z_g - 8) xsum_g with zero points.
 template <int MB, int SDT>
 AL4_V4 inline void finish(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
-                          const __m512* tot) {
-  const int64_t NG = w.K / w.G;
+                          const __m512* tot, const Ctx& c) {
+  const int64_t NG = c.NG;
   float corr[MB] = {};
   if (w.z) {
     __m512 cv[MB];
@@ -206,73 +210,88 @@ AL4_V4 inline void finish(const Int4W& w, const Int4Act& a, int64_t m0, float* y
 
 // Block b (kBlk columns, 64 bytes) of weight row n, with its per-column scales in sv; prefetches
 // kAhead bytes on so that the row stays one sequential stream.
-template <int SDT>
-AL4_V4 inline __m512i load_block(const Int4W& w, int64_t n, int64_t b, int64_t nblk, const Ctx& c, __m512& sv) {
-  const uint8_t* q = w.q + n * (w.K / 2) + b * 64;
-  const bool tail = c.tail_w && b == nblk - 1;
+template <int SDT, bool TAIL>
+AL4_V4 inline __m512i load_block(const Int4W& w, int64_t n, int64_t b, const Ctx& c, __m512& sv) {
+  const uint8_t* q = w.q + n * c.KB + b * 64;
   _mm_prefetch(reinterpret_cast<const char*>(q + kAhead), _MM_HINT_T1);
-  sv = block_scales<SDT>(w.s, n * (w.K / w.G) + b * (kBlk / w.G), tail ? c.tail_s : c.full_s, c);
-  return _mm512_maskz_loadu_epi8(tail ? c.tail_w : ~__mmask64(0), q);
+  sv = block_scales<SDT>(w.s, n * c.NG + b * c.gpb, TAIL ? c.tail_s : c.full_s, c);
+  return TAIL ? _mm512_maskz_loadu_epi8(c.tail_w, q) : _mm512_loadu_si512(q);
 }
 
 // Activation rows [m0, m0 + MB) x weight row n, one weight row at a time: the thread's loads are one
 // sequential stream (interleaving adjacent rows measured slower), and each block's dot chain starts
 // from 0, so that blocks overlap in the pipeline. bf16 planes, vdpbf16ps.
+template <int MB>
+AL4_BF16 inline void block_bf16(const Int4Act& a, int64_t m0, int64_t b, __m512i wq, __m512 sv, const Ctx& c,
+                                __m512* tot) {
+  __m512i v[4];
+  v[0] = _mm512_permutexvar_epi16(wq, c.tab);
+  v[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wq, 4), c.tab);
+  v[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wq, 8), c.tab);
+  v[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wq, 12), c.tab);
+#pragma GCC unroll 16
+  for (int i = 0; i < MB; ++i) {
+    const uint16_t* xb = reinterpret_cast<const uint16_t*>(a.data + (m0 + i) * a.row_bytes) + b * kBlk;
+    __m512 d = _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) d = _mm512_dpbf16_ps(d, (__m512bh)_mm512_load_si512(xb + 32 * r), (__m512bh)v[r]);
+    tot[i] = _mm512_fmadd_ps(d, sv, tot[i]);
+  }
+}
+
 template <int MB, int SDT>
 AL4_BF16 void row_dot_bf16(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
                            const Ctx& c) {
-  const int64_t nblk = ceil_div(w.K, kBlk);
-  __m512 tot[MB];
+  __m512 tot[MB], sv;
 #pragma GCC unroll 16
   for (int i = 0; i < MB; ++i) tot[i] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nblk; ++b) {
-    __m512 sv;
-    const __m512i wq = load_block<SDT>(w, n, b, nblk, c, sv);
-    __m512i v[4];
-    v[0] = _mm512_permutexvar_epi16(wq, c.tab);
-    v[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wq, 4), c.tab);
-    v[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wq, 8), c.tab);
-    v[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(wq, 12), c.tab);
-#pragma GCC unroll 16
-    for (int i = 0; i < MB; ++i) {
-      const uint16_t* xb = reinterpret_cast<const uint16_t*>(a.data + (m0 + i) * a.row_bytes) + b * kBlk;
-      __m512 d = _mm512_setzero_ps();
-#pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r) d = _mm512_dpbf16_ps(d, (__m512bh)_mm512_load_si512(xb + 32 * r), (__m512bh)v[r]);
-      tot[i] = _mm512_fmadd_ps(d, sv, tot[i]);
-    }
+  for (int64_t b = 0; b < c.nfull; ++b) {
+    const __m512i wq = load_block<SDT, false>(w, n, b, c, sv);
+    block_bf16<MB>(a, m0, b, wq, sv, c, tot);
   }
-  finish<MB, SDT>(w, a, m0, y, ldy, n, tot);
+  if (c.nfull < c.nblk) {  // the masked tail block
+    const __m512i wq = load_block<SDT, true>(w, n, c.nfull, c, sv);
+    block_bf16<MB>(a, m0, c.nfull, wq, sv, c, tot);
+  }
+  finish<MB, SDT>(w, a, m0, y, ldy, n, tot, c);
 }
 
 // The same for fp32 planes: dword i of a block's load holds columns 8i..8i+7, and vpermps on it
 // shifted right by 4r gives fp32 q - 8 of column 8i + r; fp32 FMAs (AVX-512F only).
+template <int MB>
+AL4_V4 inline void block_f32(const Int4Act& a, int64_t m0, int64_t b, __m512i wq, __m512 sv, const Ctx& c,
+                             __m512* tot) {
+  __m512 f[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) f[r] = _mm512_permutexvar_ps(r ? _mm512_srli_epi32(wq, 4 * r) : wq, c.tabf);
+#pragma GCC unroll 16
+  for (int i = 0; i < MB; ++i) {
+    const float* xb = reinterpret_cast<const float*>(a.data + (m0 + i) * a.row_bytes) + b * kBlk;
+    __m512 d0 = _mm512_mul_ps(_mm512_load_ps(xb), f[0]), d1 = _mm512_mul_ps(_mm512_load_ps(xb + 16), f[1]);
+#pragma GCC unroll 4
+    for (int r = 2; r < 8; r += 2) {
+      d0 = _mm512_fmadd_ps(_mm512_load_ps(xb + 16 * r), f[r], d0);
+      d1 = _mm512_fmadd_ps(_mm512_load_ps(xb + 16 * r + 16), f[r + 1], d1);
+    }
+    tot[i] = _mm512_fmadd_ps(_mm512_add_ps(d0, d1), sv, tot[i]);
+  }
+}
+
 template <int MB, int SDT>
 AL4_V4 void row_dot_f32(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
                         const Ctx& c) {
-  const int64_t nblk = ceil_div(w.K, kBlk);
-  __m512 tot[MB];
+  __m512 tot[MB], sv;
 #pragma GCC unroll 16
   for (int i = 0; i < MB; ++i) tot[i] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nblk; ++b) {
-    __m512 sv;
-    const __m512i wq = load_block<SDT>(w, n, b, nblk, c, sv);
-    __m512 f[8];
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; ++r) f[r] = _mm512_permutexvar_ps(r ? _mm512_srli_epi32(wq, 4 * r) : wq, c.tabf);
-#pragma GCC unroll 16
-    for (int i = 0; i < MB; ++i) {
-      const float* xb = reinterpret_cast<const float*>(a.data + (m0 + i) * a.row_bytes) + b * kBlk;
-      __m512 d0 = _mm512_mul_ps(_mm512_load_ps(xb), f[0]), d1 = _mm512_mul_ps(_mm512_load_ps(xb + 16), f[1]);
-#pragma GCC unroll 4
-      for (int r = 2; r < 8; r += 2) {
-        d0 = _mm512_fmadd_ps(_mm512_load_ps(xb + 16 * r), f[r], d0);
-        d1 = _mm512_fmadd_ps(_mm512_load_ps(xb + 16 * r + 16), f[r + 1], d1);
-      }
-      tot[i] = _mm512_fmadd_ps(_mm512_add_ps(d0, d1), sv, tot[i]);
-    }
+  for (int64_t b = 0; b < c.nfull; ++b) {
+    const __m512i wq = load_block<SDT, false>(w, n, b, c, sv);
+    block_f32<MB>(a, m0, b, wq, sv, c, tot);
   }
-  finish<MB, SDT>(w, a, m0, y, ldy, n, tot);
+  if (c.nfull < c.nblk) {  // the masked tail block
+    const __m512i wq = load_block<SDT, true>(w, n, c.nfull, c, sv);
+    block_f32<MB>(a, m0, c.nfull, wq, sv, c, tot);
+  }
+  finish<MB, SDT>(w, a, m0, y, ldy, n, tot, c);
 }
 
 template <bool DP, int MB, int SDT>
