@@ -183,29 +183,44 @@ AL4_V4 inline __m512 scales16(const void* s, int64_t i, __mmask16 mk) {
     return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(s) + i);
 }
 
-// y[(m0 + i) * ldy + n] = the lanes of tot[i] summed, less sum_g s_g (z_g - 8) xsum_g with zero points.
+// Row m0 + i's result for weight row n, unreduced: sums[i * 16] = tot[i]; with zero points
+// corr[i * 16] = sum_g s_g (z_g - 8) xsum_g, the term to subtract (rows_t reduces 16 weight rows at once).
 template <int MB, int SDT>
-AL4_V4 inline void finish(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
-                          const __m512* tot, const Ctx& c) {
+AL4_V4 inline void finish(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const __m512* tot, const Ctx& c,
+                          __m512* sums, float* corr) {
+#pragma GCC unroll 16
+  for (int i = 0; i < MB; ++i) sums[i * 16] = tot[i];
+  if (!w.z) return;
   const int64_t NG = c.NG;
-  float corr[MB] = {};
-  if (w.z) {
-    __m512 cv[MB];
+  __m512 cv[MB];
 #pragma GCC unroll 16
-    for (int i = 0; i < MB; ++i) cv[i] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < NG; g += 16) {
-      const __mmask16 mk = NG - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (NG - g)) - 1);
-      const __m512 zf = _mm512_cvtepi32_ps(
-          _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, w.z + n * NG + g)), _mm512_set1_epi32(8)));
-      const __m512 sz = _mm512_mul_ps(scales16<SDT>(w.s, n * NG + g, mk), zf);
+  for (int i = 0; i < MB; ++i) cv[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < NG; g += 16) {
+    const __mmask16 mk = NG - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (NG - g)) - 1);
+    const __m512 zf = _mm512_cvtepi32_ps(
+        _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, w.z + n * NG + g)), _mm512_set1_epi32(8)));
+    const __m512 sz = _mm512_mul_ps(scales16<SDT>(w.s, n * NG + g, mk), zf);
 #pragma GCC unroll 16
-      for (int i = 0; i < MB; ++i) cv[i] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(mk, a.xsum + (m0 + i) * NG + g), cv[i]);
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < MB; ++i) corr[i] = _mm512_reduce_add_ps(cv[i]);
+    for (int i = 0; i < MB; ++i) cv[i] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(mk, a.xsum + (m0 + i) * NG + g), cv[i]);
   }
 #pragma GCC unroll 16
-  for (int i = 0; i < MB; ++i) y[(m0 + i) * ldy + n] = _mm512_reduce_add_ps(tot[i]) - corr[i];
+  for (int i = 0; i < MB; ++i) corr[i * 16] = _mm512_reduce_add_ps(cv[i]);
+}
+
+// Lane j of the result = the sum of v[j]'s 16 lanes: a shuffle tree over 16 vectors, ~3 instructions
+// per vector where one vector's own reduction takes ~8.
+AL4_V4 inline __m512 sum16(const __m512* v) {
+  __m512 t[8], u[4], h[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: v2i and v2i+1 partial sums interleaved
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)  // 128-bit lane q: v4i..v4i+3's sums over that lane
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44), _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)
+    h[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(h[0], h[1], 0x88), _mm512_shuffle_f32x4(h[0], h[1], 0xDD));
 }
 
 // Block b (kBlk columns, 64 bytes) of weight row n, with its per-column scales in sv; prefetches
@@ -240,8 +255,8 @@ AL4_BF16 inline void block_bf16(const Int4Act& a, int64_t m0, int64_t b, __m512i
 }
 
 template <int MB, int SDT>
-AL4_BF16 void row_dot_bf16(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
-                           const Ctx& c) {
+AL4_BF16 void row_dot_bf16(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
+                           float* corr) {
   __m512 tot[MB], sv;
 #pragma GCC unroll 16
   for (int i = 0; i < MB; ++i) tot[i] = _mm512_setzero_ps();
@@ -253,7 +268,7 @@ AL4_BF16 void row_dot_bf16(const Int4W& w, const Int4Act& a, int64_t m0, float* 
     const __m512i wq = load_block<SDT, true>(w, n, c.nfull, c, sv);
     block_bf16<MB>(a, m0, c.nfull, wq, sv, c, tot);
   }
-  finish<MB, SDT>(w, a, m0, y, ldy, n, tot, c);
+  finish<MB, SDT>(w, a, m0, n, tot, c, sums, corr);
 }
 
 // The same for fp32 planes: dword i of a block's load holds columns 8i..8i+7, and vpermps on it
@@ -278,8 +293,8 @@ AL4_V4 inline void block_f32(const Int4Act& a, int64_t m0, int64_t b, __m512i wq
 }
 
 template <int MB, int SDT>
-AL4_V4 void row_dot_f32(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
-                        const Ctx& c) {
+AL4_V4 void row_dot_f32(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
+                        float* corr) {
   __m512 tot[MB], sv;
 #pragma GCC unroll 16
   for (int i = 0; i < MB; ++i) tot[i] = _mm512_setzero_ps();
@@ -291,37 +306,53 @@ AL4_V4 void row_dot_f32(const Int4W& w, const Int4Act& a, int64_t m0, float* y, 
     const __m512i wq = load_block<SDT, true>(w, n, c.nfull, c, sv);
     block_f32<MB>(a, m0, c.nfull, wq, sv, c, tot);
   }
-  finish<MB, SDT>(w, a, m0, y, ldy, n, tot, c);
+  finish<MB, SDT>(w, a, m0, n, tot, c, sums, corr);
 }
 
 template <bool DP, int MB, int SDT>
-AL4_BF16 inline void row_dot(const Int4W& w, const Int4Act& a, int64_t m0, float* y, int64_t ldy, int64_t n,
-                             const Ctx& c) {
+AL4_BF16 inline void row_dot(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
+                             float* corr) {
   if constexpr (DP)
-    row_dot_bf16<MB, SDT>(w, a, m0, y, ldy, n, c);
+    row_dot_bf16<MB, SDT>(w, a, m0, n, c, sums, corr);
   else
-    row_dot_f32<MB, SDT>(w, a, m0, y, ldy, n, c);
+    row_dot_f32<MB, SDT>(w, a, m0, n, c, sums, corr);
 }
 
-// Rows of x in chunks of 8, 4, 3, 2, 1: each chunk reads the weight row once more (from L1).
+// Weight rows 16 at a time; each row against the x rows in chunks of 8, 4, 3, 2, 1 (a chunk reads
+// the weight row once more, from L1), then per x row one sum16 over the 16 weight rows and one
+// masked store.
 template <bool DP, int SDT>
 AL4_BF16 void rows_t(const Int4W& w, const Int4Act& a, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   const Ctx c = make_ctx(w);
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t m = 0; m < a.M;) {
-      const int64_t r = a.M - m;
-      if (r >= 8) {
-        row_dot<DP, 8, SDT>(w, a, m, y, ldy, n, c), m += 8;
-      } else if (r >= 4) {
-        row_dot<DP, 4, SDT>(w, a, m, y, ldy, n, c), m += 4;
-      } else if (r == 3) {
-        row_dot<DP, 3, SDT>(w, a, m, y, ldy, n, c), m += 3;
-      } else if (r == 2) {
-        row_dot<DP, 2, SDT>(w, a, m, y, ldy, n, c), m += 2;
-      } else {
-        row_dot<DP, 1, SDT>(w, a, m, y, ldy, n, c), m += 1;
+  thread_local std::vector<float> buf;  // sums [M][16] vectors, then corr [M][16]
+  buf.resize(size_t(a.M * 16 * 17 + 16));
+  float* base = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) / 4 % 16) % 16;  // 64-byte aligned
+  __m512* sums = reinterpret_cast<__m512*>(base);
+  float* corr = base + a.M * 16 * 16;
+  std::fill(corr, corr + a.M * 16, 0.0f);
+  for (int64_t nb = n0; nb < n1; nb += 16) {
+    const int64_t cnt = std::min<int64_t>(16, n1 - nb);
+    for (int64_t j = 0; j < cnt; ++j)
+      for (int64_t m = 0; m < a.M;) {
+        __m512* s = sums + m * 16 + j;
+        float* co = corr + m * 16 + j;
+        const int64_t r = a.M - m;
+        if (r >= 8) {
+          row_dot<DP, 8, SDT>(w, a, m, nb + j, c, s, co), m += 8;
+        } else if (r >= 4) {
+          row_dot<DP, 4, SDT>(w, a, m, nb + j, c, s, co), m += 4;
+        } else if (r == 3) {
+          row_dot<DP, 3, SDT>(w, a, m, nb + j, c, s, co), m += 3;
+        } else if (r == 2) {
+          row_dot<DP, 2, SDT>(w, a, m, nb + j, c, s, co), m += 2;
+        } else {
+          row_dot<DP, 1, SDT>(w, a, m, nb + j, c, s, co), m += 1;
+        }
       }
-    }
+    const __mmask16 mk = __mmask16((1u << cnt) - 1);  // lanes past cnt: stale sums, not stored
+    for (int64_t m = 0; m < a.M; ++m)
+      _mm512_mask_storeu_ps(y + m * ldy + nb, mk, _mm512_sub_ps(sum16(sums + m * 16), _mm512_load_ps(corr + m * 16)));
+  }
 }
 
 template <bool DP>
