@@ -3,6 +3,12 @@ linear) at decode row counts, and the native int4 fused MoE against the bf16 nat
 
   python perf/bench_int4.py [--rows 1,4,8,32 --shapes 4096x4096,5120x1024 --group-size 128 --stat min]
   python perf/bench_int4.py --stream-only [--stream-shapes 1024x1024,1024x256,1024x4096,2048x1024]
+  OMP_NUM_THREADS=1 python perf/bench_int4.py --hot
+
+`--hot`: the kernel's own speed, with the weights left in the L2 cache (one weight under 1 MB, called
+over and over through amd_llama4._C): GB/s over the packed bytes, less the fixed cost of a call
+(measured on a 16 x 128 weight in the same process). Run it on one thread: at one row the decode
+step is bound by this rate whenever it is below the DRAM share of a core.
 
 `--stream-only` (also run by default, after the others): the decode shapes of perf/local_model.py at
 1, 2, 4, 8 rows, group 32 and 128, symmetric and zero-point, bf16 and fp32 activations; GB/s over the
@@ -123,6 +129,41 @@ def bench_stream(a, g) -> list[dict]:
     return out
 
 
+def bench_hot(a, g) -> list[dict]:
+    """int4_linear on one cache-resident weight (see the module docstring)."""
+    C, r = native._C, native._ref
+
+    def per_call(K, N, G, zp, dt, M):
+        q, s, z = I.quantize_int4((torch.randn(N, K, generator=g) * K ** -0.5).bfloat16(), G, not zp)
+        x, o = torch.randn(M, K, generator=g).to(dt), torch.empty(M, N, dtype=dt)
+        refs = (r(x, "x"), r(q, "qweight"), r(s, "scales"), None if z is None else r(z, "zeros"))
+        for _ in range(200):
+            C.int4_linear(*refs, G, r(o, "out"))
+        orf, best = r(o, "out"), float("inf")
+        for _ in range(9):
+            t0 = time.perf_counter()
+            for _ in range(500):
+                C.int4_linear(*refs, G, orf)
+            best = min(best, (time.perf_counter() - t0) / 500)
+        return best, sum(t.numel() * t.element_size() for t in (q, s, z) if t is not None)
+
+    out = []
+    for shape in a.hot_shapes.split(","):
+        K, N = (int(v) for v in shape.split("x"))
+        for G in (int(v) for v in a.stream_groups.split(",")):
+            for zp in (False, True):
+                for dt in (torch.bfloat16, torch.float32):
+                    fixed, _ = per_call(128, 16, G, zp, dt, 1)
+                    t, nbytes = per_call(K, N, G, zp, dt, 1)
+                    res = {"K": K, "N": N, "group_size": G, "zero_point": zp, "dtype": str(dt).split(".")[1],
+                           "call_us": t * 1e6, "fixed_us": fixed * 1e6, "hot_GBps": nbytes / max(t - fixed, 1e-9) / 1e9}
+                    out.append(res)
+                    print(f"hot K {K:5d} N {N:5d} G {G:3d} {'zp ' if zp else 'sym'} {res['dtype']:8s} rows 1: "
+                          f"{res['call_us']:6.1f} us/call (fixed {res['fixed_us']:4.1f}) -> {res['hot_GBps']:5.1f} GB/s",
+                          flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="1,4,8,32")
@@ -138,6 +179,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--stream-shapes", default="1024x1024,1024x256,1024x4096,2048x1024", help="K x N list")
     ap.add_argument("--stream-rows", default="1,2,4,8")
     ap.add_argument("--stream-groups", default="32,128")
+    ap.add_argument("--hot", action="store_true", help="only the cache-resident kernel speed")
+    ap.add_argument("--hot-shapes", default="1024x1024,2048x384", help="K x N list (weights under 1 MB)")
     a = ap.parse_args(argv)
     global STAT
     STAT = min if a.stat == "min" else statistics.median
@@ -147,6 +190,8 @@ def main(argv=None) -> dict:
     print(f"cpu_isa={info['cpu_isa']} int4_isa={native._C.int4_isa()} threads={info['openmp_threads']} "
           f"torch_threads={torch.get_num_threads()} group_size={a.group_size} zero_point={a.zero_point} stat={a.stat}")
     g = torch.Generator().manual_seed(0)
+    if a.hot:
+        return {"hot": bench_hot(a, g)}
     if a.stream_only:
         return {"stream": bench_stream(a, g)}
     return {"linear": bench_linear(a, g), "moe": bench_moe(a, g), "stream": bench_stream(a, g)}
