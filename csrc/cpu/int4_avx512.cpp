@@ -233,9 +233,10 @@ AL4_V4 inline __m512i load_block(const Int4W& w, int64_t n, int64_t b, const Ctx
   return TAIL ? _mm512_maskz_loadu_epi8(c.tail_w, q) : _mm512_loadu_si512(q);
 }
 
-// Activation rows [m0, m0 + MB) x weight row n, one weight row at a time: the thread's loads are one
-// sequential stream (interleaving adjacent rows measured slower), and each block's dot chain starts
-// from 0, so that blocks overlap in the pipeline. bf16 planes, vdpbf16ps.
+// Block b of activation rows [m0, m0 + MB) x one weight row (tot[i] += its dot times the scales).
+// Weight rows go one at a time, so a thread's loads are one sequential stream (interleaving adjacent
+// rows measured slower); each block's dot chain starts from 0, so that blocks overlap in the
+// pipeline. bf16 planes, vdpbf16ps.
 template <int MB>
 AL4_BF16 inline void block_bf16(const Int4Act& a, int64_t m0, int64_t b, __m512i wq, __m512 sv, const Ctx& c,
                                 __m512* tot) {
@@ -252,23 +253,6 @@ AL4_BF16 inline void block_bf16(const Int4Act& a, int64_t m0, int64_t b, __m512i
     for (int r = 0; r < 4; ++r) d = _mm512_dpbf16_ps(d, (__m512bh)_mm512_load_si512(xb + 32 * r), (__m512bh)v[r]);
     tot[i] = _mm512_fmadd_ps(d, sv, tot[i]);
   }
-}
-
-template <int MB, int SDT>
-AL4_BF16 void row_dot_bf16(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
-                           float* corr) {
-  __m512 tot[MB], sv;
-#pragma GCC unroll 16
-  for (int i = 0; i < MB; ++i) tot[i] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < c.nfull; ++b) {
-    const __m512i wq = load_block<SDT, false>(w, n, b, c, sv);
-    block_bf16<MB>(a, m0, b, wq, sv, c, tot);
-  }
-  if (c.nfull < c.nblk) {  // the masked tail block
-    const __m512i wq = load_block<SDT, true>(w, n, c.nfull, c, sv);
-    block_bf16<MB>(a, m0, c.nfull, wq, sv, c, tot);
-  }
-  finish<MB, SDT>(w, a, m0, n, tot, c, sums, corr);
 }
 
 // The same for fp32 planes: dword i of a block's load holds columns 8i..8i+7, and vpermps on it
@@ -292,30 +276,31 @@ AL4_V4 inline void block_f32(const Int4Act& a, int64_t m0, int64_t b, __m512i wq
   }
 }
 
-template <int MB, int SDT>
-AL4_V4 void row_dot_f32(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
-                        float* corr) {
+template <bool DP, int MB>
+AL4_BF16 inline void block(const Int4Act& a, int64_t m0, int64_t b, __m512i wq, __m512 sv, const Ctx& c, __m512* tot) {
+  if constexpr (DP)
+    block_bf16<MB>(a, m0, b, wq, sv, c, tot);
+  else
+    block_f32<MB>(a, m0, b, wq, sv, c, tot);
+}
+
+// Activation rows [m0, m0 + MB) x weight row n: its full blocks, then the masked tail block; the
+// unreduced results into sums / corr (finish).
+template <bool DP, int MB, int SDT>
+AL4_BF16 inline void row_dot(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
+                             float* corr) {
   __m512 tot[MB], sv;
 #pragma GCC unroll 16
   for (int i = 0; i < MB; ++i) tot[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < c.nfull; ++b) {
     const __m512i wq = load_block<SDT, false>(w, n, b, c, sv);
-    block_f32<MB>(a, m0, b, wq, sv, c, tot);
+    block<DP, MB>(a, m0, b, wq, sv, c, tot);
   }
-  if (c.nfull < c.nblk) {  // the masked tail block
+  if (c.nfull < c.nblk) {
     const __m512i wq = load_block<SDT, true>(w, n, c.nfull, c, sv);
-    block_f32<MB>(a, m0, c.nfull, wq, sv, c, tot);
+    block<DP, MB>(a, m0, c.nfull, wq, sv, c, tot);
   }
   finish<MB, SDT>(w, a, m0, n, tot, c, sums, corr);
-}
-
-template <bool DP, int MB, int SDT>
-AL4_BF16 inline void row_dot(const Int4W& w, const Int4Act& a, int64_t m0, int64_t n, const Ctx& c, __m512* sums,
-                             float* corr) {
-  if constexpr (DP)
-    row_dot_bf16<MB, SDT>(w, a, m0, n, c, sums, corr);
-  else
-    row_dot_f32<MB, SDT>(w, a, m0, n, c, sums, corr);
 }
 
 // Weight rows 16 at a time; each row against the x rows in chunks of 8, 4, 3, 2, 1 (a chunk reads
