@@ -34,7 +34,7 @@ def test_bench_local_tiny_f32_matches_llama_cpp(tmp_path):
         if "pip download failed" in str(e):
             pytest.skip(f"llama.cpp's converter is not available offline: {e}")
         raise
-    args = argparse.Namespace(prompt_len=12, new_tokens=6, repeats=1, threads=1)
+    args = argparse.Namespace(prompt_len=12, new_tokens=6, repeats=1, threads=1, enforce_eager=False)
     prompt = list(range(20, 32))
     row = bench.bench_type("f32", paths, args, prompt)
     # llama.cpp keeps an f16 KV cache: ~1e-3 of the logit scale, far below a wrong weight or layout
