@@ -303,7 +303,7 @@ template <typename T>
 void DecodeStep::attention(const StepLayer& L, const StepTensors& in, int64_t R) {
   const int64_t D = D_, nq = Hq_ * D, nkv = Hkv_ * D;
   TensorRef hn = buf(kHn, {R, H_}, dtype_, "h");
-  // q | k | v of each row: one fused call for dense weights, one call each for int4.
+  // q | k | v of each row: one fused call for dense or int4 weights, one call each otherwise (fp8).
   const T* src[3];
   int64_t ld[3];
   const bool all_dense = dense(L.qkv[0]) && dense(L.qkv[1]) && dense(L.qkv[2]);

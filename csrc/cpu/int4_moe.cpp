@@ -3,9 +3,9 @@
 // through the int4 kernel body (int4_kernel(): int4_avx512.cpp or int4_linear.cpp) twice (gate_up,
 // then down), the packed weights dequantised in registers; the activations are laid out for the
 // body once per GEMM (prep), for all experts. Work is split over (expert, tile of weight rows)
-// pairs in one job list, so a decode step's single expert still keeps every thread busy. As the reference: the routing
-// weight scales the expert input in fp32, rounded to x's dtype; silu(gate) * up is rounded to x's
-// dtype; the k slots of a token are summed in fp32 and rounded once.
+// pairs in one job list, so a decode step's single expert still keeps every thread busy. As the
+// reference: the routing weight scales the expert input in fp32, rounded to x's dtype; silu(gate) *
+// up is rounded to x's dtype; the k slots of a token are summed in fp32 and rounded once.
 #include <algorithm>
 #include <cmath>
 #include <string>

@@ -18,7 +18,7 @@
 
 #include "al4_fp8.h"
 #include "cpu_ops.h"
-#include "moe_gemm_kernel.h"  // AL4_INLINE
+#include "moe_gemm_kernel.h"  // AL4_INLINE, load_wvec
 
 namespace al4::cpu {
 
@@ -156,18 +156,8 @@ AL4_INLINE void transpose16(const f16v* r, f16v* out) {
 // 16 elements of row p from column d as fp32 (zeros for a missing row).
 template <typename Q>
 AL4_INLINE f16v load16(const Q* p, int64_t d) {
-  f16v v;
-  if (!p) return f16v{};
-  if constexpr (sizeof(Q) == 4) {
-    __builtin_memcpy(&v, p + d, sizeof(v));
-  } else {
-    typedef uint16_t u16v __attribute__((vector_size(32)));
-    typedef uint32_t u32v __attribute__((vector_size(64)));
-    u16v b;
-    __builtin_memcpy(&b, p + d, sizeof(b));
-    const u32v w = __builtin_convertvector(b, u32v) << 16;
-    __builtin_memcpy(&v, &w, sizeof(v));
-  }
+  f16v v{};
+  if (p) load_wvec(p + d, v);
   return v;
 }
 
