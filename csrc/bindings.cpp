@@ -194,7 +194,15 @@ void fused_moe(const TensorRef& x, const TensorRef& w1, const TensorRef& w2, con
   } else {
     al4::check(w1.dtype == x.dtype && w2.dtype == x.dtype, "fused_moe: w_gate_up and w_down must have x's dtype");
   }
-  contiguous({&x, &w1, &w2, &tw, &ids, s1, s2, &out, workspace}, op);
+  contiguous({&x, &tw, &ids, s1, s2, &out, workspace}, op);
+  // Expert weights contiguous, or on CPU (fp32|bf16) both output-major: transposed views of contiguous
+  // [E, 2I, H] / [E, H, I] tensors, the layout a CPU model keeps (model/loader.py).
+  const bool om = !w1.contiguous() || !w2.contiguous();
+  if (om)
+    al4::check(al4::last_two_transposed(w1) && al4::last_two_transposed(w2) && x.device == 0 && !s1,
+               "fused_moe: w_gate_up (strides " + al4::shape_str_of(w1.strides) + ") and w_down (strides " +
+                   al4::shape_str_of(w2.strides) + ") must both be contiguous, or on CPU with fp32|bf16 weights "
+                   "both transposed views of contiguous [E, 2I, H] / [E, H, I] tensors");
   same_device({&x, &w1, &w2, &tw, &ids, s1, s2, &out, workspace}, op);
   if (on_gpu(x, op)) {
 #ifdef AL4_WITH_GPU

@@ -71,10 +71,12 @@ def _experts(mod, name: str, dtype: torch.dtype):
 
     e = native._C.StepExperts()
     if type(mod) is Experts:
+        same = mod.gate_up_proj.is_contiguous() == mod.down_proj.is_contiguous()
         for attr in ("gate_up_proj", "down_proj"):
             t = getattr(mod, attr)
-            if t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu":
-                raise Unsupported(f"{name}.{attr} is {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
+            if t.dtype != dtype or not (t.is_contiguous() or native.output_major(t)) or not same or t.device.type != "cpu":
+                raise Unsupported(f"{name}.{attr} is {t.dtype} on {t.device} with strides {t.stride()} "
+                                  "(both contiguous or both output-major)")
         e.gate_up, e.down = _ref(mod.gate_up_proj, f"{name}.gate_up_proj"), _ref(mod.down_proj, f"{name}.down_proj")
     elif type(mod) is FP8Experts:  # w8a8: fused_moe with per-channel scales [E, 1, N] read as [E, N]
         ts = (mod.gate_up_proj, mod.down_proj, mod.gate_up_proj_scale, mod.down_proj_scale)

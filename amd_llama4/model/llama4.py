@@ -73,12 +73,25 @@ class MLP(nn.Module):
 
 
 class Experts(nn.Module):
-    """Routed experts, HF fused layout: input-major, [gate | up] along the last dim."""
+    """Routed experts, HF fused layout: gate_up_proj [E, H, 2I] ([gate | up] along the last dim) and
+    down_proj [E, I, H]. Stored input-major (contiguous), or after output_major_() as transposed views
+    of contiguous [E, 2I, H] / [E, H, I]: the same logical tensors with each output's weights
+    contiguous, which a CPU model uses (model/loader.py) because its decode step then streams one
+    dot product per output row (csrc/cpu/moe_stream.cpp)."""
 
     def __init__(self, num_experts: int, hidden: int, inter: int):
         super().__init__()
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden, 2 * inter))  # [E, H, 2I]
         self.down_proj = nn.Parameter(torch.empty(num_experts, inter, hidden))  # [E, I, H]
+
+    def output_major_(self) -> "Experts":
+        """Re-create both parameters output-major (before loading: their values are not kept)."""
+        for name in ("gate_up_proj", "down_proj"):
+            p = getattr(self, name)
+            E, A, B = p.shape
+            store = torch.empty(E, B, A, dtype=p.dtype, device=p.device)
+            setattr(self, name, nn.Parameter(store.transpose(1, 2), requires_grad=p.requires_grad))
+        return self
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         return ops.fused_moe(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids)

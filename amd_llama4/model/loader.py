@@ -22,7 +22,7 @@ import torch
 
 from amd_llama4.config import PRESETS, Llama4Config, QuantConfig, is_preset, preset
 from amd_llama4.model.layouts import CheckpointSource
-from amd_llama4.model.llama4 import Llama4ForCausalLM
+from amd_llama4.model.llama4 import Experts, Llama4ForCausalLM
 from amd_llama4.model.multimodal import VISION_PREFIXES, Llama4ForConditionalGeneration, is_vision_param
 from amd_llama4.model.safetensors_io import Checkpoint, CheckpointError, shard_bar
 from amd_llama4.parallel.tp import SINGLE, Parallel, shard_fn
@@ -47,11 +47,17 @@ def build_model(cfg: Llama4Config, dtype: torch.dtype = torch.float32, device: s
         if cfg.is_multimodal:  # the tower stays in high precision, as in peers and Meta's FP8 release
             q = dataclasses.replace(q, ignore=[*q.ignore, *(p.rstrip(".") for p in VISION_PREFIXES)])
         fp8_skeleton(model, q, fp8[1])
-    if offload:  # experts of these MoE layers materialise in host memory, never on `device` (model/offload.py)
-        from amd_llama4.model.offload import offload_skeleton
+    from amd_llama4.model.offload import moe_blocks, offload_skeleton
 
+    # fp32|bf16 routed experts that live in host memory (a CPU model's, offloaded ones) are stored
+    # output-major: the CPU kernels then stream one contiguous weight row per output (Experts)
+    on_host = torch.device(device).type == "cpu"
+    for i, block in moe_blocks(model).items():
+        if type(block.experts) is Experts and (on_host or i in offload):
+            block.experts.output_major_()
+    if offload:  # experts of these MoE layers materialise in host memory, never on `device` (model/offload.py)
         offload_skeleton(model, offload, device)
-    return retie(model.to_empty(device=device).eval())
+    return retie(model.to_empty(device=device).eval())  # to_empty keeps each parameter's strides
 
 
 def retie(model: Llama4ForCausalLM) -> Llama4ForCausalLM:

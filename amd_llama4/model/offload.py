@@ -68,7 +68,7 @@ def _move_to_host(fn, host: torch.device, pin: bool):
         # what fn does to the dtype, learnt on an empty tensor (nothing is allocated, on any device)
         dtype = fn(torch.empty(0, dtype=t.dtype)).dtype
         if t.device.type == "meta" and host.type != "meta":  # to_empty of the skeleton: allocate on the host
-            return torch.empty(t.shape, dtype=dtype, device=host, pin_memory=pin)
+            return torch.empty_strided(t.shape, t.stride(), dtype=dtype, device=host, pin_memory=pin)
         out = t.to(host, dtype)
         return out.pin_memory() if pin and not out.is_pinned() else out
 

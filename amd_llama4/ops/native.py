@@ -165,6 +165,19 @@ def _moe_workspace(x: torch.Tensor, ids: torch.Tensor, w_down: torch.Tensor):
     return _ref(ws, "workspace")
 
 
+def output_major(w: torch.Tensor) -> bool:
+    """A 3-d tensor stored as the transposed view of a contiguous one (last two dims swapped): the
+    output-major expert weights of a CPU model (model/llama4.py Experts)."""
+    return w.dim() == 3 and w.transpose(1, 2).is_contiguous() and not w.is_contiguous()
+
+
+def _moe_weights(w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expert weights as _C.fused_moe takes them: both contiguous or, on CPU, both output-major."""
+    if w_gate_up.device.type == "cpu" and output_major(w_gate_up) and output_major(w_down):
+        return w_gate_up, w_down
+    return w_gate_up.contiguous(), w_down.contiguous()
+
+
 def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor) -> torch.Tensor:
     # x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H]; topk_*: [T, k] -> [T, H]
@@ -173,7 +186,8 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
     _check_moe_inputs(x, w_gate_up, w_down, topk_weights, topk_ids)
     x, tw, ids, out = _moe_common(x, topk_weights, topk_ids)
     ws = _moe_workspace(x, ids, w_down)
-    _C.fused_moe(_ref(x, "x"), _ref(w_gate_up.contiguous(), "w_gate_up"), _ref(w_down.contiguous(), "w_down"),
+    w_gate_up, w_down = _moe_weights(w_gate_up, w_down)
+    _C.fused_moe(_ref(x, "x"), _ref(w_gate_up, "w_gate_up"), _ref(w_down, "w_down"),
                  _ref(tw, "topk_weights"), _ref(ids, "topk_ids"), None, None, _ref(out, "out"),
                  **({} if ws is None else {"workspace": ws}))
     return out

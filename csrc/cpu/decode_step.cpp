@@ -104,10 +104,13 @@ DecodeStep::DecodeStep(TensorRef embed, TensorRef final_norm, TensorRef inv_freq
                   e.down_scale.ptr && e.down_scale.dtype == kF32,
               where(l, "experts") + ": fp8 experts must be contiguous [E, H, 2I] / [E, I, H] fp8 with fp32 "
                                     "per-channel scales");
-      else
-        check(e.gate_up.dtype == dtype_ && e.down.dtype == dtype_ && e.gate_up.contiguous() && e.down.contiguous() &&
-                  e.gate_up.dim() == 3 && e.gate_up.size(0) == L.router.N && e.gate_up.size(1) == H_,
-              where(l, "experts") + " must be contiguous [E, H, 2I] / [E, I, H] of the activation dtype");
+      else  // input-major, or output-major as a CPU model stores them (fused_moe reads both)
+        check(e.gate_up.dtype == dtype_ && e.down.dtype == dtype_ && e.gate_up.dim() == 3 &&
+                  ((e.gate_up.contiguous() && e.down.contiguous()) ||
+                   (last_two_transposed(e.gate_up) && last_two_transposed(e.down))) &&
+                  e.gate_up.size(0) == L.router.N && e.gate_up.size(1) == H_,
+              where(l, "experts") + " must be [E, H, 2I] / [E, I, H] of the activation dtype, both contiguous or "
+                                    "both transposed views of contiguous [E, 2I, H] / [E, H, I]");
     }
   }
 }

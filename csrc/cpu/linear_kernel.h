@@ -96,10 +96,10 @@ struct Step<VW, bf16_t> {
 // row: rows are contiguous).
 constexpr int64_t kRowPrefetchBytes = 1024;  // 0 / 1024 / 2048 measured alike within the noise
 
-// out[col0 + n] = x . W[n] (+ bias[n]) for weight rows n in [4 * g0, min(4 * g1, N)); x prepared as
-// Step<VW, W> reads it; W, bias, out of type W (the activation dtype).
-template <int VW, typename W>
-AL4_INLINE void row_dots(const float* x, int64_t half, const W* wp, const W* bias, W* out, int64_t N, int64_t K,
+// out[n] = x . W[n] (+ bias[n]) for weight rows n in [4 * g0, min(4 * g1, N)); x prepared as
+// Step<VW, W> reads it; bias and out of type O (linear: the activation dtype; fused MoE: fp32).
+template <int VW, typename W, typename O>
+AL4_INLINE void row_dots(const float* x, int64_t half, const W* wp, const O* bias, O* out, int64_t N, int64_t K,
                          int64_t g0, int64_t g1) {
   typedef float vec __attribute__((vector_size(VW * 4)));
   using S = Step<VW, W>;
@@ -133,6 +133,125 @@ AL4_INLINE void row_dots(const float* x, int64_t half, const W* wp, const W* bia
       store_f32(out, n, s[r] + tail[r] + (bias ? load_f32(bias, n) : 0.0f));
     }
   }
+}
+
+// Several x rows (linear.cpp, and fused MoE's output-major experts at decode): tiles of MB x rows
+// by NB weight rows.
+
+// Load VW weights as fp32 into `v` (a VW-float vector); the (p, i) form reads one for the K tail.
+template <int VW>
+struct LoadF32 {
+  template <typename V>
+  AL4_INLINE void operator()(const float* p, V& v) const { __builtin_memcpy(&v, p, sizeof(V)); }
+  AL4_INLINE float operator()(const float* p, int64_t i) const { return p[i]; }
+};
+
+template <int VW>
+struct LoadBF16 {  // bf16 -> fp32 is a 16-bit left shift of the bits
+  template <typename V>
+  AL4_INLINE void operator()(const bf16_t* p, V& v) const {
+    uint32_t b[VW];
+#pragma GCC unroll 64
+    for (int l = 0; l < VW; ++l) b[l] = uint32_t(p[l].bits) << 16;
+    __builtin_memcpy(&v, b, sizeof(V));
+  }
+  AL4_INLINE float operator()(const bf16_t* p, int64_t i) const { return bf16_to_f32(p[i].bits); }
+};
+
+// o[i][j] = dot(x[i], w[j]) over K for i < MB, j < NB (rows past the end point at valid memory and
+// their outputs at a dump slot); with add, o[i][j] += the dot (K blocks).
+template <int VW, int MB, int NB, typename W, typename Ld>
+AL4_INLINE void dot_tile(const float* const* x, const W* const* w, int64_t K, float* const* o, Ld ld,
+                         const char* pf = nullptr, int64_t pf_step = 0, bool add = false) {
+  typedef float vec __attribute__((vector_size(VW * 4)));
+  vec acc[MB][NB];
+#pragma GCC unroll 64
+  for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 64
+    for (int j = 0; j < NB; ++j) acc[i][j] = vec{};
+  int64_t k = 0;
+  for (; k + VW <= K; k += VW) {
+    vec wv[NB];
+#pragma GCC unroll 64
+    for (int j = 0; j < NB; ++j) ld(w[j] + k, wv[j]);
+    if (pf) {  // paced prefetch of a later weight tile: pf_step bytes per step of VW
+      for (int64_t b = 0; b < pf_step; b += 64) __builtin_prefetch(pf + b, 0, 2);
+      pf += pf_step;
+    }
+#pragma GCC unroll 64
+    for (int i = 0; i < MB; ++i) {
+      vec xv;
+      __builtin_memcpy(&xv, x[i] + k, sizeof(vec));
+#pragma GCC unroll 64
+      for (int j = 0; j < NB; ++j) acc[i][j] += xv * wv[j];
+    }
+  }
+  static_assert(NB % 4 == 0, "the horizontal sums go four at a time");
+  for (int i = 0; i < MB; ++i)
+    for (int j0 = 0; j0 < NB; j0 += 4) {
+      const auto sums = HSum4<VW>::run(acc[i][j0], acc[i][j0 + 1], acc[i][j0 + 2], acc[i][j0 + 3]);
+      for (int j = j0; j < j0 + 4; ++j) {
+        float s = sums[j - j0];
+        for (int64_t kk = k; kk < K; ++kk) s += x[i][kk] * ld(w[j], kk);
+        *o[i * NB + j] = add ? *o[i * NB + j] + s : s;
+      }
+    }
+}
+
+// Weight tiles ahead to prefetch (1 measured best of 1, 2, 4 with perf/bench_linear.py-like cold
+// runs): hides DRAM latency when few rows leave little compute to overlap.
+constexpr int kAhead = 1;
+
+struct LinearArgs {
+  const float* x = nullptr;  // [M, K] fp32
+  const void* w = nullptr;   // [N, K]
+  float* y = nullptr;        // [M, N] fp32, row stride ldy
+  int64_t M = 0, N = 0, K = 0, ldy = 0;
+  bool bf16_w = false;
+};
+
+// x rows [m0, m0 + MB) (all valid) against weight rows w[0..NB); outputs past N go to a dump slot.
+template <int VW, int MB, int NB, typename W, typename Ld>
+AL4_INLINE void row_tile(const LinearArgs& a, int64_t m0, int64_t n0, const W* const* w, Ld ld,
+                         const char* pf = nullptr, int64_t pf_step = 0) {
+  float dump = 0.0f;
+  const float* x[MB];
+  float* o[MB * NB];
+  for (int i = 0; i < MB; ++i) {
+    x[i] = a.x + (m0 + i) * a.K;
+    for (int j = 0; j < NB; ++j) o[i * NB + j] = n0 + j < a.N ? a.y + (m0 + i) * a.ldy + n0 + j : &dump;
+  }
+  dot_tile<VW, MB, NB, W>(x, w, a.K, o, ld, pf, pf_step);
+}
+
+template <int VW, int MB, int NB, typename W, typename Ld>
+AL4_INLINE void linear_rows(const LinearArgs& a, int64_t nb0, int64_t nb1, Ld ld) {
+  const W* wp = static_cast<const W*>(a.w);
+  for (int64_t nb = nb0; nb < nb1; ++nb) {
+    const int64_t n0 = nb * NB;
+    const W* w[NB];
+    for (int j = 0; j < NB; ++j) w[j] = wp + std::min(n0 + j, a.N - 1) * a.K;
+    // The first row tile prefetches the weight tile kAhead ahead, paced over its K loop.
+    const char* pf = nullptr;
+    int64_t pf_step = 0;
+    if (nb + kAhead < nb1) {
+      pf = reinterpret_cast<const char*>(wp + (n0 + kAhead * NB) * a.K);
+      const int64_t bytes = std::min<int64_t>(NB, a.N - n0 - kAhead * NB) * a.K * int64_t(sizeof(W));
+      pf_step = ceil_div(bytes, std::max<int64_t>(1, a.K / VW)) + 63;
+    }
+    int64_t m0 = 0;
+    for (; m0 + MB <= a.M; m0 += MB, pf = nullptr) row_tile<VW, MB, NB, W>(a, m0, n0, w, ld, pf, pf_step);
+    // the last rows in 1-row tiles: one token must not pay for MB rows of FMAs
+    for (; m0 < a.M; ++m0, pf = nullptr) row_tile<VW, 1, NB, W>(a, m0, n0, w, ld, pf, pf_step);
+  }
+}
+
+template <int VW, int MB, int NB>
+AL4_INLINE void linear_typed(const LinearArgs& a, int64_t nb0, int64_t nb1) {
+  if (a.bf16_w)
+    linear_rows<VW, MB, NB, bf16_t>(a, nb0, nb1, LoadBF16<VW>{});
+  else
+    linear_rows<VW, MB, NB, float>(a, nb0, nb1, LoadF32<VW>{});
 }
 
 }  // namespace al4::cpu

@@ -2,9 +2,11 @@
 // with SiLU-and-mul fused into its epilogue, down GEMM, per-token sum over the k slots.
 // Activations float32|bfloat16 with weights of the same dtype, or FP8 w8a8 (weights e4m3fn|fnuz
 // with per-output-channel scales, activations quantised per token on the fly).
-// Parallel over (expert, column strip) tasks; at decode (fp32|bf16, <= kStreamRows rows per expert) over
-// (expert, weight row range) tasks that stream the weights. The ISA (AVX-512 / AVX2 / baseline) is
-// picked once.
+// fp32|bf16 expert weights are input-major (HF's [E, H, 2I], contiguous) or output-major (the same
+// logical tensors stored [E, 2I, H], as a CPU model keeps them). Parallel over (expert, column
+// strip) tasks: packed panels (input-major, fp8) or dot-product tiles (output-major); at decode
+// (fp32|bf16, <= kStreamRows rows per expert) moe_stream.cpp streams the weights instead. The ISA
+// (AVX-512 / AVX2 / baseline) is picked once.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -15,34 +17,40 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_ops.h"
-#include "moe_gemm_kernel.h"
+#include "linear_kernel.h"  // dot_tile, LoadF32 / LoadBF16 (output-major weights)
+#include "moe_gemm_internal.h"
 
 namespace al4::cpu {
 
+namespace moe {
+
+// fused_moe's row buffers (routed inputs, h, expert outputs), kept per calling thread between calls
+// while small: fresh pages cost a fault each (1.5 ms of 27 at 512 x 1024 x 16 experts). Larger
+// calls (long prefills) allocate and free, so no thread holds hundreds of MB.
+constexpr size_t kKeepFloats = size_t(4) << 20;  // per buffer: 16 MB
+
+float* row_buffer(int slot, size_t n, std::unique_ptr<float[]>& fresh) {
+  // routed inputs, h, expert outputs, decode partial sums; moe_stream.cpp: prepared rows, gate|up
+  thread_local std::vector<float> keep[6];
+  if (n > kKeepFloats) {
+    fresh.reset(new float[n]);
+    return fresh.get();
+  }
+  if (keep[slot].size() < n) keep[slot].resize(n);
+  return keep[slot].data();
+}
+
+}  // namespace moe
+
 namespace {
+
+using namespace moe;
 
 constexpr int64_t KC = 256;  // longest K block of a packed panel
 constexpr int64_t kPanelBytes = 256 << 10;  // packed weights per K block: fits L2 beside the C tiles
 constexpr int64_t kFewRows = 8;  // at most this many rows per expert: strips grouped per task
 constexpr int64_t kStreamRows = 16;  // fp32|bf16, at most this many rows per expert: weight rows streamed
 
-struct MoeArgs {
-  int64_t H = 0, I = 0, E = 0;
-  const float* xin = nullptr;  // [N, H] expert-sorted, routed inputs (fp8 path: decoded values)
-  const float* xs = nullptr;   // [N] per-row activation scale (fp8 path) or null
-  const void* w1 = nullptr;    // [E, H, 2I]
-  const void* w2 = nullptr;    // [E, I, H]
-  const float* s1 = nullptr;   // [E, 2I] per-channel weight scale (fp8 path) or null
-  const float* s2 = nullptr;   // [E, H]
-  const int64_t* off = nullptr;  // [E + 1] row offsets per expert
-  float* h = nullptr;            // [N, I] silu(gate) * up
-  float* hs = nullptr;           // [N] per-row scale of h (fp8 path)
-  float* y = nullptr;            // [N, H] expert outputs in sorted order
-  bool bf16_act = false;         // emulate the reference's bfloat16 roundings (bf16 GEMMs)
-  bool bf16_out = false;         // fp8 path with bf16 x: h and y are rounded to bf16 (ops/moe_fp8.py)
-  bool fnuz = false;
-};
 
 // One aligned scratch buffer per thread, grown on demand.
 float* scratch(int slot, size_t n) {
@@ -52,23 +60,6 @@ float* scratch(int slot, size_t n) {
   auto p = reinterpret_cast<uintptr_t>(b.data());
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
-
-// fused_moe's row buffers (routed inputs, h, expert outputs), kept per calling thread between calls
-// while small: fresh pages cost a fault each (1.5 ms of 27 at 512 x 1024 x 16 experts). Larger
-// calls (long prefills) allocate and free, so no thread holds hundreds of MB.
-constexpr size_t kKeepFloats = size_t(4) << 20;  // per buffer: 16 MB
-
-float* row_buffer(int slot, size_t n, std::unique_ptr<float[]>& fresh) {
-  thread_local std::vector<float> keep[4];  // routed inputs, h, expert outputs, decode partial sums
-  if (n > kKeepFloats) {
-    fresh.reset(new float[n]);
-    return fresh.get();
-  }
-  if (keep[slot].size() < n) keep[slot].resize(n);
-  return keep[slot].data();
-}
-
-AL4_INLINE float act_round(float v, bool bf16) { return bf16 ? round_to<bf16_t>(v) : v; }
 
 constexpr int64_t KD = 32;  // K block of the in-place path: KD weight rows (all strips) stay in L2
 
@@ -108,11 +99,11 @@ struct BlockLines {
 };
 
 // Rows [r0, r0+n) of A ([*, K], fp32) times column strips [s0, s1) (NR = NV * VW columns each,
-// the last one may be partial) of NW weight matrices W[w] ([K, ldw], ncols columns) -> C tiles
-// ctile[w] = [s1 - s0][n][NR] (row-major).
+// the last one may be partial) of NW weight matrices W[w] ([K, ncols], stride ldw between rows, or
+// with om (output-major) between columns) -> C tiles ctile[w] = [s1 - s0][n][NR] (row-major).
 template <class Cfg, int NW, typename W, typename Dec>
-AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const* wts, int64_t ldw, int64_t ncols,
-                           int64_t s0, int64_t s1, Dec dec, float* const* ctile) {
+AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const* wts, int64_t ldw, bool om,
+                           int64_t ncols, int64_t s0, int64_t s1, Dec dec, float* const* ctile) {
   constexpr int VW = Cfg::VW, MR = Cfg::template MR<NW>, NV = Cfg::template NV<NW>, NR = NV * VW;
   float dump[NR] __attribute__((aligned(64)));
   for (int w = 0; w < NW; ++w) std::memset(ctile[w], 0, sizeof(float) * n * NR * (s1 - s0));
@@ -123,7 +114,7 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
   // Each weight element is used once here, so packing would only add a copy.
   int64_t s_packed = s0;
   if constexpr (std::is_same_v<W, float>) {
-    if (n <= MR) {
+    if (n <= MR && !om) {
       s_packed = std::max(s0, std::min(s1, ncols / NR));
       const int64_t ns = s_packed - s0;
       // as many tile rows as needed: a 1-row step must not pay for MR rows of FMAs
@@ -154,6 +145,39 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
     }
   }
 
+  // Output-major weights: each column's weights are contiguous along K, so no packing: dot-product
+  // tiles of OM_MB rows x 4 columns over K blocks of KO, a column group's weights (4 x KO) staying in
+  // L1 while every row tile passes over them.
+  if (om) {
+    if constexpr (std::is_same_v<W, float> || std::is_same_v<W, bf16_t>) {
+      constexpr int OM_MB = VW >= 16 ? 4 : 2, OM_NB = 4;
+      constexpr int64_t KO = 1024;
+      using Ld = std::conditional_t<std::is_same_v<W, float>, LoadF32<VW>, LoadBF16<VW>>;
+      float dump2[OM_MB * OM_NB];
+      for (int64_t k0 = 0; k0 < K; k0 += KO) {
+        const int64_t kc = std::min(KO, K - k0);
+        for (int w = 0; w < NW; ++w)
+          for (int64_t s = s0; s < s1; ++s)
+            for (int64_t j0 = 0; j0 < NR; j0 += OM_NB) {
+              const W* wr[OM_NB];
+              for (int j = 0; j < OM_NB; ++j) wr[j] = wts[w] + std::min(s * NR + j0 + j, ncols - 1) * ldw + k0;
+              for (int64_t i0 = 0; i0 < n; i0 += OM_MB) {
+                const float* a[OM_MB];
+                float* o[OM_MB * OM_NB];
+                for (int i = 0; i < OM_MB; ++i) {
+                  const bool ok = i0 + i < n;  // rows past the end reuse row 0 and write to dump2
+                  a[i] = A + (ok ? i0 + i : 0) * K + k0;
+                  for (int j = 0; j < OM_NB; ++j)
+                    o[i * OM_NB + j] = ok && s * NR + j0 + j < ncols ? tile(w, s, i0 + i) + j0 + j : dump2 + i * OM_NB + j;
+                }
+                dot_tile<VW, OM_MB, OM_NB, W>(a, wr, kc, o, Ld{}, nullptr, 0, true);
+              }
+            }
+      }
+      return;
+    }
+  }
+
   // Otherwise, per K block, pack the strips' weights to fp32 (decoding bf16/fp8) into a panel of
   // about kPanelBytes (L2), then run every row tile of every strip over it; the C tiles carry the
   // sums from block to block.
@@ -164,10 +188,11 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
     float* panel = scratch(0, size_t(NW) * ns * kb * NR);
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       const int64_t kc = std::min(kb, K - k0);
-      for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
+      for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, om, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
       // The next block's weights stream in under this block's FMAs: each row tile takes an even
       // share of its lines, one per k step (a burst would stall on the full miss buffers).
-      BlockLines<NW, W> next{wts, ldw, s_packed * NR, k0 + kb, std::min(kb, K - k0 - kb), seg_bytes};
+      // (input-major only: output-major packing reads whole column segments, prefetched in hardware)
+      BlockLines<NW, W> next{wts, ldw, s_packed * NR, k0 + kb, om ? 0 : std::min(kb, K - k0 - kb), seg_bytes};
       const int64_t quota = ceil_div(next.total(), ns * ceil_div(n, int64_t(MR)));
       const char* pf[KC];
       for (int64_t s = s_packed; s < s1; ++s) {
@@ -197,10 +222,10 @@ AL4_INLINE void gate_up_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1
   constexpr int NR = Cfg::VW * Cfg::template NV<2>;
   const int64_t r0 = g.off[e], n = g.off[e + 1] - r0, ns = s1 - s0;
   const W* w1 = static_cast<const W*>(g.w1) + e * g.H * 2 * g.I;
-  const W* wts[2] = {w1, w1 + g.I};
+  const W* wts[2] = {w1, w1 + (g.out_major ? g.I * g.H : g.I)};  // gate, up
   float* ct = scratch(1, size_t(2) * n * NR * ns);
   float* tiles[2] = {ct, ct + n * NR * ns};
-  strip_gemm<Cfg, 2>(g.xin + r0 * g.H, g.H, n, wts, 2 * g.I, g.I, s0, s1, dec, tiles);
+  strip_gemm<Cfg, 2>(g.xin + r0 * g.H, g.H, n, wts, g.out_major ? g.H : 2 * g.I, g.out_major, g.I, s0, s1, dec, tiles);
   for (int64_t s = s0; s < s1; ++s) {
     const int64_t n0 = s * NR, nr = std::min<int64_t>(NR, g.I - n0);
     const float* gt = tiles[0] + (s - s0) * n * NR;
@@ -230,7 +255,7 @@ AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, D
   const W* wts[1] = {static_cast<const W*>(g.w2) + e * g.I * g.H};
   float* ct = scratch(1, size_t(n) * NR * ns);
   float* tiles[1] = {ct};
-  strip_gemm<Cfg, 1>(g.h + r0 * g.I, g.I, n, wts, g.H, g.H, s0, s1, dec, tiles);
+  strip_gemm<Cfg, 1>(g.h + r0 * g.I, g.I, n, wts, g.out_major ? g.I : g.H, g.out_major, g.H, s0, s1, dec, tiles);
   for (int64_t s = s0; s < s1; ++s) {
     const int64_t n0 = s * NR, nr = std::min<int64_t>(NR, g.H - n0);
     const float* yt = ct + (s - s0) * n * NR;
@@ -245,43 +270,6 @@ AL4_INLINE void down_task(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, D
     }
   }
 }
-
-// Row stride of a decode task's partial sums: one cache line past the columns, so that rows at
-// 4 KB multiples (cols = 1024 fp32) do not alias each other in L1 and the store buffer.
-constexpr int64_t part_ld(int64_t cols) { return cols + 16; }
-
-// Decode task: part[0:n][0:cols] (row stride part_ld(cols)) = A[0:n][k0:k1] W[k0:k1][0:cols] (fp32
-// or bf16 W, row stride ldw), 8 rows per pass over the weights.
-template <class Cfg, typename W>
-AL4_INLINE void axpy_rows_typed(const float* A, int64_t lda, int64_t n, const W* w, int64_t ldw, int64_t cols,
-                                int64_t k0, int64_t k1, float* part) {
-  constexpr int VW = Cfg::VW;
-  const int64_t ldc = part_ld(cols);
-  std::memset(part, 0, sizeof(float) * n * ldc);
-  for (int64_t i0 = 0; i0 < n; i0 += 8) {
-    const float* a = A + i0 * lda;
-    float* c = part + i0 * ldc;
-    switch (std::min<int64_t>(8, n - i0)) {
-      case 1: rows_axpy<VW, 1>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      case 2: rows_axpy<VW, 2>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      case 3: rows_axpy<VW, 3>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      case 4: rows_axpy<VW, 4>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      case 5: rows_axpy<VW, 5>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      case 6: rows_axpy<VW, 6>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      case 7: rows_axpy<VW, 7>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-      default: rows_axpy<VW, 8>(a, lda, k0, k1, w, ldw, cols, c, ldc); break;
-    }
-  }
-}
-template <class Cfg>
-AL4_INLINE void axpy_rows(const float* A, int64_t lda, int64_t n, const void* w, bool bf16, int64_t ldw, int64_t cols,
-                          int64_t k0, int64_t k1, float* part) {
-  if (bf16)
-    axpy_rows_typed<Cfg>(A, lda, n, static_cast<const bf16_t*>(w), ldw, cols, k0, k1, part);
-  else
-    axpy_rows_typed<Cfg>(A, lda, n, static_cast<const float*>(w), ldw, cols, k0, k1, part);
-}
-using AxpyFn = void (*)(const float*, int64_t, int64_t, const void*, bool, int64_t, int64_t, int64_t, int64_t, float*);
 
 // Per-ISA entry points: the target attribute makes the always_inline kernels compile for it.
 using TaskFn = void (*)(const MoeArgs&, int64_t, int64_t, int64_t, int wtype);
@@ -314,30 +302,26 @@ using CfgV4 = TileCfg<16, 4, 2, 8, 2>;   // AVX-512: 16 + 16 accumulators of 32 
 #define AL4_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
 AL4_TARGET_V4 void gate_up_v4(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV4, true>(g, e, s0, s1, wt); }
 AL4_TARGET_V4 void down_v4(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV4, false>(g, e, s0, s1, wt); }
-AL4_TARGET_V4 void axpy_v4(const float* A, int64_t lda, int64_t n, const void* w, bool bf, int64_t ldw, int64_t cols, int64_t k0, int64_t k1, float* p) { axpy_rows<CfgV4>(A, lda, n, w, bf, ldw, cols, k0, k1, p); }
-AL4_TARGET_V3 void axpy_v3(const float* A, int64_t lda, int64_t n, const void* w, bool bf, int64_t ldw, int64_t cols, int64_t k0, int64_t k1, float* p) { axpy_rows<CfgV3>(A, lda, n, w, bf, ldw, cols, k0, k1, p); }
 AL4_TARGET_V3 void gate_up_v3(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV3, true>(g, e, s0, s1, wt); }
 AL4_TARGET_V3 void down_v3(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgV3, false>(g, e, s0, s1, wt); }
 #endif
 void gate_up_base(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgBase, true>(g, e, s0, s1, wt); }
 void down_base(const MoeArgs& g, int64_t e, int64_t s0, int64_t s1, int wt) { run_task<CfgBase, false>(g, e, s0, s1, wt); }
-void axpy_base(const float* A, int64_t lda, int64_t n, const void* w, bool bf, int64_t ldw, int64_t cols, int64_t k0, int64_t k1, float* p) { axpy_rows<CfgBase>(A, lda, n, w, bf, ldw, cols, k0, k1, p); }
 
 struct Isa {
   const char* name;
   TaskFn gate_up, down;
   int nr_gate_up, nr_down;
-  AxpyFn axpy;
 };
 
 const Isa& isa() {
   static const Isa chosen = [] {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     const int level = cpu_isa_level();
-    if (level >= 4) return Isa{"avx512", gate_up_v4, down_v4, 16 * 2, 16 * 2, axpy_v4};
-    if (level >= 3) return Isa{"avx2", gate_up_v3, down_v3, 8 * 1, 8 * 2, axpy_v3};
+    if (level >= 4) return Isa{"avx512", gate_up_v4, down_v4, 16 * 2, 16 * 2};
+    if (level >= 3) return Isa{"avx2", gate_up_v3, down_v3, 8 * 1, 8 * 2};
 #endif
-    return Isa{"base", gate_up_base, down_base, 4 * 1, 4 * 2, axpy_base};
+    return Isa{"base", gate_up_base, down_base, 4 * 1, 4 * 2};
   }();
   return chosen;
 }
@@ -354,59 +338,6 @@ void quantize_rows(float* v, float* scale, int64_t n, int64_t cols) {
     scale[r] = s;
     for (int64_t c = 0; c < cols; ++c) row[c] = fp8_decode<FNUZ>(fp8_encode<FNUZ>(row[c] / s));
   }
-}
-
-// fp32 or bf16 with at most kStreamRows rows per expert (decode): the step is bound by reading the
-// active experts' weights, so read them as plain row streams. A task is (expert, a range of weight
-// rows) and writes partial sums; the partials of an expert's ks ranges are added after each GEMM. At
-// decode shapes this is 20-35% faster than column-strip tasks (strided row segments); for bf16 it
-// also skips packing the weights to fp32 panels (the panel path read the expert 2.5x slower).
-// bf16 roundings as gate_up_task / down_task make them (the reference's bf16 GEMM outputs).
-void streamed_moe(const MoeArgs& g, AxpyFn axpy, int64_t N, int64_t active, bool bf16_w) {
-  const int64_t H = g.H, I = g.I;
-  // K ranges per expert: about 4 tasks per thread, each range at least 64 rows
-  const int64_t ks = std::clamp<int64_t>(ceil_div(4 * int64_t(omp_get_max_threads()), std::max<int64_t>(active, 1)), 1,
-                                         std::max<int64_t>(1, std::min(H, I) / 64));
-  std::vector<std::array<int64_t, 2>> tasks;
-  for (int64_t e = 0; e < g.E; ++e)
-    if (g.off[e + 1] > g.off[e])
-      for (int64_t j = 0; j < ks; ++j) tasks.push_back({e, j});
-  const int64_t nt = int64_t(tasks.size());
-  // Uninitialised: each task zeroes its own [rows, part_ld(cols)] part before adding to it. Kept
-  // between calls (row_buffer): at decode a fresh buffer (128 KB+) is an mmap and page faults per call.
-  std::unique_ptr<float[]> fresh;
-  float* parts = row_buffer(3, size_t(ks * N * part_ld(std::max(2 * I, H))), fresh);
-  auto part = [&](int64_t j, int64_t r, int64_t cols) { return parts + (j * N + r) * part_ld(cols); };
-  const int64_t esize = bf16_w ? 2 : 4;
-  auto gemm = [&](const float* A, int64_t K, const void* W, int64_t cols) {  // part j = A W over range j
-#pragma omp parallel for schedule(dynamic, 1) if (nt > 1)
-    for (int64_t t = 0; t < nt; ++t) {
-      const int64_t e = tasks[t][0], j = tasks[t][1], r0 = g.off[e];
-      axpy(A + r0 * K, K, g.off[e + 1] - r0, static_cast<const char*>(W) + e * K * cols * esize, bf16_w, cols, cols,
-           j * K / ks, (j + 1) * K / ks, part(j, r0, cols));
-    }
-  };
-
-  gemm(g.xin, H, g.w1, 2 * I);
-  parallel_rows_cols(N, I, kParallelMinExp, [&](int64_t r, int64_t c0, int64_t c1) {
-    float* hrow = g.h + r * I;
-    for (int64_t c = c0; c < c1; ++c) {
-      float gv = 0.0f, uv = 0.0f;
-      for (int64_t j = 0; j < ks; ++j) gv += part(j, r, 2 * I)[c], uv += part(j, r, 2 * I)[I + c];
-      gv = act_round(gv, g.bf16_act), uv = act_round(uv, g.bf16_act);
-      hrow[c] = act_round(act_round(silu_f32(gv), g.bf16_act) * uv, g.bf16_act);
-    }
-  });
-  gemm(g.h, I, g.w2, H);
-  // ks partial sums per element: split a decode row's columns too
-  parallel_rows_cols(N, H, kParallelMin / ks, [&](int64_t r, int64_t c0, int64_t c1) {
-    float* yrow = g.y + r * H;
-    for (int64_t c = c0; c < c1; ++c) {
-      float v = 0.0f;
-      for (int64_t j = 0; j < ks; ++j) v += part(j, r, H)[c];
-      yrow[c] = act_round(v, g.bf16_act);
-    }
-  });
 }
 
 }  // namespace
@@ -427,7 +358,8 @@ int cpu_isa_level() {
   return level;
 }
 
-// x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H]; topk_weights: [T, k] fp32; topk_ids: [T, k]
+// x: [T, H]; w_gate_up: [E, H, 2I]; w_down: [E, I, H] (contiguous, or both output-major: see
+// MoeArgs::out_major); topk_weights: [T, k] fp32; topk_ids: [T, k]
 // int32; w1_scale: [E, 2I] / w2_scale: [E, H] fp32 for fp8 weights (null otherwise) -> out: [T, H].
 void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& w_down, const TensorRef& topk_weights,
                const TensorRef& topk_ids, const TensorRef* w1_scale, const TensorRef* w2_scale, const TensorRef& out) {
@@ -439,6 +371,7 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
   g.bf16_act = !fp8 && x.dtype == kBF16;
   g.bf16_out = fp8 && x.dtype == kBF16;
   g.fnuz = w_gate_up.dtype == kF8E4M3FNUZ;
+  g.out_major = !w_gate_up.contiguous();  // else output-major (the launcher accepts only these two)
   g.w1 = reinterpret_cast<const void*>(w_gate_up.ptr);
   g.w2 = reinterpret_cast<const void*>(w_down.ptr);
   g.s1 = fp8 ? w1_scale->data<float>() : nullptr;
@@ -508,7 +441,7 @@ void fused_moe(const TensorRef& x, const TensorRef& w_gate_up, const TensorRef& 
     for (int64_t t = 0; t < nt; ++t) fn(g, tasks[t][0], tasks[t][1], tasks[t][2], wtype);
   };
   if ((wtype == kWF32 || wtype == kWBF16) && max_rows <= kStreamRows) {  // weights of x's dtype (launcher)
-    streamed_moe(g, is.axpy, N, active, wtype == kWBF16);
+    streamed_moe(g, N, active, wtype == kWBF16);
   } else {
     run_phase(is.gate_up, I, is.nr_gate_up);
     if (fp8) g.fnuz ? quantize_rows<true>(h, hs.data(), N, I) : quantize_rows<false>(h, hs.data(), N, I);

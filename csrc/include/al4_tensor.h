@@ -69,11 +69,18 @@ inline void check_dim(const TensorRef& t, int nd, const char* op) {
                            std::to_string(t.dim()));
 }
 
-inline std::string shape_str(const TensorRef& t) {
+// A 3-d tensor stored with its last two dims swapped: a transposed view of a contiguous
+// [d0, d2, d1] (the output-major expert weights of a CPU model).
+inline bool last_two_transposed(const TensorRef& t) {
+  return t.dim() == 3 && t.strides[0] == t.size(1) * t.size(2) && t.strides[1] == 1 && t.strides[2] == t.size(1);
+}
+
+inline std::string shape_str_of(const std::vector<int64_t>& v) {
   std::string s = "[";
-  for (int i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
   return s + "]";
 }
+inline std::string shape_str(const TensorRef& t) { return shape_str_of(t.shape); }
 
 inline void check_shape(const TensorRef& t, std::vector<int64_t> want, const char* op) {
   check(t.shape == want, std::string(op) + ": " + t.name + " has shape " + shape_str(t) + ", expected [" +

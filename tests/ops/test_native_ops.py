@@ -8,7 +8,7 @@ import torch
 from amd_llama4 import ops
 from amd_llama4.ops import dispatch, native
 from amd_llama4.ops.moe import moe_dense_reference
-from native_helpers import TOL, require_native
+from native_helpers import TOL, moe_inputs, require_native
 
 pytestmark = pytest.mark.usefixtures("_native")
 
@@ -79,17 +79,6 @@ def test_moe_align_block_size(T, k, E, block, id_dtype):
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
 
 
-def _moe_inputs(T, H, E, inter, k, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, H, generator=g).to(dtype)
-    w1 = (torch.randn(E, H, 2 * inter, generator=g) / H**0.5).to(dtype)
-    w2 = (torch.randn(E, inter, H, generator=g) / inter**0.5).to(dtype)
-    logits = torch.randn(T, E, generator=g)
-    logits[:, E // 2 :] -= 100  # half the experts receive no tokens
-    tw, ids = ops.moe_topk_sigmoid(logits, k, backend="torch")
-    return x, w1, w2, tw, ids
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 # fp32 and bf16 with <= 16 rows per expert stream weight rows (K split across tasks for (40, 1030, ...);
 # K and column tails for H=130); more rows pack panels.
@@ -98,7 +87,7 @@ def _moe_inputs(T, H, E, inter, k, dtype, seed=0):
                                            (40, 1030, 4, 520, 1),
                                            (160, 1030, 3, 520, 1)])  # several packed K blocks, partial strips
 def test_fused_moe(dtype, T, H, E, inter, k):
-    x, w1, w2, tw, ids = _moe_inputs(T, H, E, inter, k, dtype)
+    x, w1, w2, tw, ids = moe_inputs(T, H, E, inter, k, dtype)
     got = native.fused_moe(x, w1, w2, tw, ids)
     torch.testing.assert_close(got, ops.fused_moe(x, w1, w2, tw, ids, backend="torch"), **TOL[dtype])
     if dtype == torch.float32:
@@ -148,7 +137,7 @@ def test_fused_moe_other_isas(isa):
 
 
 def test_fused_moe_non_contiguous_and_errors():
-    x, w1, w2, tw, ids = _moe_inputs(7, 64, 4, 32, 2, torch.float32)
+    x, w1, w2, tw, ids = moe_inputs(7, 64, 4, 32, 2, torch.float32)
     xt = x.t().contiguous().t()  # same values, strided
     torch.testing.assert_close(native.fused_moe(xt, w1, w2, tw, ids.long()),
                                ops.fused_moe(x, w1, w2, tw, ids, backend="torch"), **TOL[torch.float32])
