@@ -80,8 +80,11 @@ class FP8Experts(nn.Module):
     def from_experts(cls, experts: nn.Module, fmt: str) -> "FP8Experts":
         E, H, I2 = experts.gate_up_proj.shape
         m = cls(E, H, I2 // 2, fmt).to(experts.gate_up_proj.device)
-        m.gate_up_proj.data, m.gate_up_proj_scale.data = ops.quantize_fp8(experts.gate_up_proj.detach(), fmt, "col")
-        m.down_proj.data, m.down_proj_scale.data = ops.quantize_fp8(experts.down_proj.detach(), fmt, "col")
+        # fp8 experts are input-major (contiguous) whatever the source's layout (a CPU model's are
+        # output-major, model/llama4.py Experts): the layout every fp8 MoE kernel reads
+        for w, s in (("gate_up_proj", "gate_up_proj_scale"), ("down_proj", "down_proj_scale")):
+            q, scale = ops.quantize_fp8(getattr(experts, w).detach(), fmt, "col")
+            getattr(m, w).data, getattr(m, s).data = q.contiguous(), scale
         return m
 
     def forward(self, x, topk_weights, topk_ids):
