@@ -128,3 +128,16 @@ def test_cpu_model_experts_are_output_major():
         assert m.gate_up_proj.is_contiguous() and m.down_proj.is_contiguous()
     offloaded = build_model(cfg, torch.float32, "meta", offload=(0,)).model.layers[0].feed_forward.experts
     assert isinstance(offloaded, Experts) and native.output_major(offloaded.gate_up_proj)
+
+
+@pytest.mark.parametrize("src_dtype", [torch.bfloat16, torch.float32])
+def test_loader_copies_into_output_major_experts(src_dtype):
+    """The loader's copy into an output-major parameter (per-expert 2-d transposes for a same-dtype
+    source, the strided copy otherwise) keeps every value in its logical place."""
+    from amd_llama4.model.loader import _copy_into
+
+    src = torch.randn(3, 40, 72).to(src_dtype)
+    p = out_major(torch.empty(3, 40, 72, dtype=torch.bfloat16))
+    _copy_into(p, src)
+    assert native.output_major(p)
+    torch.testing.assert_close(p, src.bfloat16(), rtol=0, atol=0)
