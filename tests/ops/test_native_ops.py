@@ -94,8 +94,10 @@ def test_fused_moe(dtype, T, H, E, inter, k):
         torch.testing.assert_close(got, moe_dense_reference(x, w1, w2, tw, ids), **TOL[dtype])
 
 
-def test_fused_moe_mixed_expert_loads():
-    """One call with a packed expert (40 rows), in-place ones (1 and 5 rows) and an empty one."""
+@pytest.mark.parametrize("layout", ["input-major", "output-major"])
+def test_fused_moe_mixed_expert_loads(layout):
+    """One call with a packed expert (40 rows), in-place ones (1 and 5 rows) and an empty one; with
+    output-major weights (a CPU model's): dot tiles, row tiles and one-row dots."""
     g = torch.Generator().manual_seed(3)
     H, inter, E = 136, 72, 5
     counts = [40, 1, 0, 5, 3]
@@ -104,6 +106,9 @@ def test_fused_moe_mixed_expert_loads():
     x = torch.randn(len(ids), H, generator=g)
     w1 = torch.randn(E, H, 2 * inter, generator=g) / H**0.5
     w2 = torch.randn(E, inter, H, generator=g) / inter**0.5
+    if layout == "output-major":
+        w1, w2 = (w.transpose(1, 2).contiguous().transpose(1, 2) for w in (w1, w2))
+        assert native.output_major(w1) and native.output_major(w2)
     tw = torch.rand(len(ids), 1, generator=g)
     torch.testing.assert_close(native.fused_moe(x, w1, w2, tw, ids), moe_dense_reference(x, w1, w2, tw, ids),
                                **TOL[torch.float32])
