@@ -259,10 +259,10 @@ void int4_linear_multi(const TensorRef& x, const std::vector<Int4Part>& parts, i
   }
   const int64_t tiles = tile0.back(), threads = int64_t(omp_get_max_threads());
   const int64_t chunks = N * K * std::max<int64_t>(M, 4) > (1 << 16) ? std::min(tiles, threads) : 1;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
-    for (size_t p = 0; p < ws.size(); ++p) {  // the chunk's tiles within part p
+  // contiguous shares, the ends stolen by a thread done early; pieces of ~64 KB of packed weights
+  const int64_t step = std::max<int64_t>(1, (int64_t(64) << 10) / (kInt4NB * K / 2));
+  parallel_ranges(tiles, chunks, step, [&](int64_t t0, int64_t t1) {
+    for (size_t p = 0; p < ws.size(); ++p) {  // the piece's tiles within part p
       const int64_t a0 = std::max(t0, tile0[p]), a1 = std::min(t1, tile0[p + 1]);
       if (a0 >= a1) continue;
       const int64_t n0 = (a0 - tile0[p]) * kInt4NB, n1 = std::min(ws[p].N, (a1 - tile0[p]) * kInt4NB);
@@ -271,7 +271,7 @@ void int4_linear_multi(const TensorRef& x, const std::vector<Int4Part>& parts, i
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = col[p] + n0; n < col[p] + n1; ++n) store_f32(out.data<bf16_t>(), m * N + n, y[m * N + n]);
     }
-  }
+  });
 }
 
 void int4_dequantize(const TensorRef& q, const TensorRef& s, const TensorRef* z, int64_t G, const TensorRef& out) {

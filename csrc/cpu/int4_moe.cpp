@@ -34,9 +34,9 @@ void run_experts(const Int4Kernel& kern, const std::vector<ExpertRows>& groups, 
   for (const auto& g : groups) work += g.count;
   const int64_t threads = int64_t(omp_get_max_threads());
   const int64_t chunks = N * K * std::max<int64_t>(work, 4) > (1 << 16) ? std::min(tiles, threads) : 1;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t t0 = tiles * c / chunks, t1 = tiles * (c + 1) / chunks;
+  // contiguous shares, the ends stolen by a thread done early; pieces of ~64 KB of packed weights
+  const int64_t step = std::max<int64_t>(1, (int64_t(64) << 10) / (kInt4NB * K / 2));
+  parallel_ranges(tiles, chunks, step, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1;) {
       const ExpertRows& g = groups[size_t(t / per)];
       const int64_t lo = t % per, hi = std::min(per, lo + (t1 - t));  // this expert's tiles in the chunk
@@ -44,7 +44,7 @@ void run_experts(const Int4Kernel& kern, const std::vector<ExpertRows>& groups, 
       kern.rows(w, int4_act_rows(a, g.first, g.count), y + g.first * N, N, lo * kInt4NB, std::min(N, hi * kInt4NB));
       t += hi - lo;
     }
-  }
+  });
 }
 
 template <typename A>

@@ -86,8 +86,9 @@ float* thread_buffer(int slot, size_t n) {
 }
 
 // Every weight's rows in blocks of `rows` as one job list; each of `chunks` threads takes a
-// contiguous range of blocks (spanning weight boundaries, so both threads stream on q|k|v too) and
-// calls fn(p, first block, end block) per weight it touches.
+// contiguous range of blocks (spanning weight boundaries, so both threads stream on q|k|v too),
+// stealing the ends of the others' when done (parallel_ranges), and calls fn(p, first block, end
+// block) per weight a piece touches.
 template <typename F>
 void split_blocks(const std::vector<TensorRef>& ws, int64_t rows, int64_t chunks, F&& fn) {
   constexpr size_t kInline = 8;  // q/k/v, gate/up: no heap allocation on the decode path
@@ -97,15 +98,14 @@ void split_blocks(const std::vector<TensorRef>& ws, int64_t rows, int64_t chunks
   first[0] = 0;
   for (size_t p = 0; p < ws.size(); ++p) first[p + 1] = first[p] + ceil_div(ws[p].size(0), rows);
   const int64_t blocks = first[ws.size()];
-  chunks = std::max<int64_t>(1, std::min(chunks, blocks));
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
+  // pieces of ~64 KB of weights: a steal costs one atomic per piece
+  const int64_t step = std::max<int64_t>(1, (int64_t(64) << 10) / std::max<int64_t>(1, rows * ws[0].size(1) * 2));
+  parallel_ranges(blocks, chunks, step, [&](int64_t b0, int64_t b1) {
     for (size_t p = 0; p < ws.size(); ++p) {
       const int64_t lo = std::max(b0, first[p]), hi = std::min(b1, first[p + 1]);
       if (lo < hi) fn(p, lo - first[p], hi - first[p]);
     }
-  }
+  });
 }
 
 }  // namespace

@@ -181,17 +181,17 @@ const float* prepare_rows(const float* x, int64_t n, int64_t K, bool bf16, std::
 // out[r, 0:M] = x[r] . W_e[m, 0:K] for the rows r of each active expert e (W: [E, M, K], output-major),
 // rounded as the activations are; x fp32 rows, xp the same prepared for row_dots (row stride ldx).
 // The active experts' kUnit-row weight blocks form one list; each thread takes a contiguous range of
-// it: one sequential read per thread, across expert boundaries too. An expert with one row uses
+// it (one sequential read per thread, across expert boundaries too), then steals the others' ends. An expert with one row uses
 // row_dots; with several, the row tiles (each weight vector loaded feeds several rows).
 void dot_gemm(const MoeArgs& g, const int64_t* act, int64_t active, const float* x, const float* xp, int64_t ldx,
               int64_t half, const void* W, bool bf16, int64_t M, int64_t K, float* out) {
   const StreamIsa& is = stream_isa();
   const int64_t units = ceil_div(M, int64_t(kUnit)), total = active * units;
   const int64_t esize = bf16 ? 2 : 4;
-  const int64_t chunks = active * M * K > (1 << 16) ? std::min<int64_t>(total, omp_get_max_threads()) : 1;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t b0 = total * c / chunks, b1 = total * (c + 1) / chunks;
+  const int64_t threads = active * M * K > (1 << 16) ? omp_get_max_threads() : 1;
+  // pieces of ~64 KB of weights (parallel_ranges: own share front to back, then steal)
+  const int64_t step = std::max<int64_t>(1, (int64_t(64) << 10) / (kUnit * K * esize));
+  parallel_ranges(total, threads, step, [&](int64_t b0, int64_t b1) {
     for (int64_t a = b0 / units; a < active && a * units < b1; ++a) {
       const int64_t e = act[a], r0 = g.off[e], n = g.off[e + 1] - r0;
       const int64_t lo = std::max(b0, a * units) - a * units, hi = std::min(b1, (a + 1) * units) - a * units;
@@ -209,7 +209,7 @@ void dot_gemm(const MoeArgs& g, const int64_t* act, int64_t active, const float*
           for (int64_t m = lo * kUnit; m < std::min(M, hi * kUnit); ++m)
             out[(r0 + i) * M + m] = round_to<bf16_t>(out[(r0 + i) * M + m]);
     }
-  }
+  });
 }
 
 void streamed_dot(const MoeArgs& g, int64_t N, int64_t active, bool bf16_w) {
