@@ -154,7 +154,6 @@ void streamed_axpy(const MoeArgs& g, AxpyFn axpy, int64_t N, int64_t active, boo
   });
 }
 
-
 // x rows [n, K] fp32 -> as Step<VW, W> reads them (row stride *ldx): fp32 as they are; for bf16
 // weights each row split into its even | odd elements (`half` each, zero-padded).
 const float* prepare_rows(const float* x, int64_t n, int64_t K, bool bf16, std::unique_ptr<float[]>& fresh,
@@ -181,8 +180,9 @@ const float* prepare_rows(const float* x, int64_t n, int64_t K, bool bf16, std::
 // out[r, 0:M] = x[r] . W_e[m, 0:K] for the rows r of each active expert e (W: [E, M, K], output-major),
 // rounded as the activations are; x fp32 rows, xp the same prepared for row_dots (row stride ldx).
 // The active experts' kUnit-row weight blocks form one list; each thread takes a contiguous range of
-// it (one sequential read per thread, across expert boundaries too), then steals the others' ends. An expert with one row uses
-// row_dots; with several, the row tiles (each weight vector loaded feeds several rows).
+// it (one sequential read per thread, across expert boundaries too), then steals the others' ends.
+// An expert with one row uses row_dots; with several, the row tiles (each weight vector loaded
+// feeds several rows).
 void dot_gemm(const MoeArgs& g, const int64_t* act, int64_t active, const float* x, const float* xp, int64_t ldx,
               int64_t half, const void* W, bool bf16, int64_t M, int64_t K, float* out) {
   const StreamIsa& is = stream_isa();
