@@ -147,7 +147,8 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
 
   // Output-major weights: each column's weights are contiguous along K, so no packing: dot-product
   // tiles of OM_MB rows x 4 columns over K blocks of KO, a column group's weights (4 x KO) staying in
-  // L1 while every row tile passes over them.
+  // L1 while every row tile passes over them. (Output-major weights are fp32|bf16 only: the
+  // launcher rejects fp8 ones, so the packing below always reads input-major weights.)
   if (om) {
     if constexpr (std::is_same_v<W, float> || std::is_same_v<W, bf16_t>) {
       constexpr int OM_MB = VW >= 16 ? 4 : 2, OM_NB = 4;
@@ -188,11 +189,10 @@ AL4_INLINE void strip_gemm(const float* A, int64_t K, int64_t n, const W* const*
     float* panel = scratch(0, size_t(NW) * ns * kb * NR);
     for (int64_t k0 = 0; k0 < K; k0 += kb) {
       const int64_t kc = std::min(kb, K - k0);
-      for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, om, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
+      for (int w = 0; w < NW; ++w) pack_strips<NR>(wts[w], ldw, ncols, k0, kc, s_packed, s1, kb, dec, panel + w * ns * kb * NR);
       // The next block's weights stream in under this block's FMAs: each row tile takes an even
       // share of its lines, one per k step (a burst would stall on the full miss buffers).
-      // (input-major only: output-major packing reads whole column segments, prefetched in hardware)
-      BlockLines<NW, W> next{wts, ldw, s_packed * NR, k0 + kb, om ? 0 : std::min(kb, K - k0 - kb), seg_bytes};
+      BlockLines<NW, W> next{wts, ldw, s_packed * NR, k0 + kb, std::min(kb, K - k0 - kb), seg_bytes};
       const int64_t quota = ceil_div(next.total(), ns * ceil_div(n, int64_t(MR)));
       const char* pf[KC];
       for (int64_t s = s_packed; s < s1; ++s) {

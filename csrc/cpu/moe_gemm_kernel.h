@@ -35,27 +35,12 @@ struct DecFP8 {
   AL4_INLINE float operator()(const uint8_t* p, int64_t i) const { return table[p[i]]; }
 };
 
-// dst[s - s0]: [kb, NR] fp32 <- W[k0:k0+kc, s*NR : s*NR+NR] for strips s in [s0, s1) (ncols
-// columns; columns past ncols zero-filled). W input-major (element (k, n) at w[k * ldw + n]): row
-// by row, so the weights are read as whole row segments (sequential DRAM traffic), the scattered
-// writes staying in cache; output-major (om: at w[n * ldw + k]): column by column, likewise.
+// dst[s - s0]: [kb, NR] fp32 <- W[k0:k0+kc, s*NR : s*NR+NR] for strips s in [s0, s1) (row stride
+// ldw, ncols columns; columns past ncols zero-filled). Row by row, so the weights are read as
+// whole row segments (sequential DRAM traffic); the scattered writes stay in cache.
 template <int NR, typename W, typename Dec>
-AL4_INLINE void pack_strips(const W* w, int64_t ldw, bool om, int64_t ncols, int64_t k0, int64_t kc, int64_t s0,
-                            int64_t s1, int64_t kb, Dec dec, float* dst) {
-  if (om) {
-    for (int64_t s = s0; s < s1; ++s)
-      for (int j = 0; j < NR; ++j) {
-        const int64_t n = s * NR + j;
-        float* d = dst + (s - s0) * kb * NR + j;
-        if (n < ncols) {
-          const W* col = w + n * ldw + k0;
-          for (int64_t k = 0; k < kc; ++k) d[k * NR] = dec(col, k);
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * NR] = 0.0f;
-        }
-      }
-    return;
-  }
+AL4_INLINE void pack_strips(const W* w, int64_t ldw, int64_t ncols, int64_t k0, int64_t kc, int64_t s0, int64_t s1,
+                            int64_t kb, Dec dec, float* dst) {
   for (int64_t k = 0; k < kc; ++k) {
     const W* row = w + (k0 + k) * ldw;
     for (int64_t s = s0; s < s1; ++s) {
